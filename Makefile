@@ -1,0 +1,28 @@
+# torl: the commands a developer and CI run. Every target is idempotent.
+.PHONY: setup protos test test-all lint demo clean
+
+PY := .venv/bin/python
+
+setup:
+	bash scripts/setup.sh
+
+protos:
+	$(PY) scripts/gen_protos.py
+
+lint: setup
+	.venv/bin/ruff check services tests benchmarks scripts
+	.venv/bin/mypy services
+
+# The README's test command: setup, lint, then every test except those marked slow.
+test: setup lint
+	bash scripts/test.sh -m "not slow"
+
+# Everything, slow scenarios included.
+test-all: setup lint
+	bash scripts/test.sh
+
+demo: setup
+	bash scripts/demo.sh
+
+clean:
+	rm -rf .venv services/v1 .mypy_cache .ruff_cache .pytest_cache

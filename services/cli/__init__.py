@@ -1,0 +1,1 @@
+"""The `torl` command line."""

@@ -1,0 +1,121 @@
+"""Local process supervisor behind `torl up` and `torl train`: runs services as child processes on
+loopback ports, waits until each reports SERVING, and stops them all (SIGTERM, then SIGKILL) on
+exit or Ctrl-C so no process is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    log_path: Path
+    grpc_target: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+
+def grpc_healthy(target: str, timeout: float = 1.0) -> bool:
+    try:
+        with grpc.insecure_channel(target) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+
+
+class Supervisor:
+    """Owns child processes; use as a context manager."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.children: list[Child] = []
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def start(
+        self,
+        name: str,
+        args: Sequence[str],
+        grpc_target: str | None = None,
+        env: dict[str, str] | None = None,
+        ports: dict[str, int] | None = None,
+    ) -> Child:
+        child = Child(name, list(args), self.log_dir / f"{name}.log", grpc_target, ports=dict(ports or {}))
+        with open(child.log_path, "ab") as out:
+            child.proc = subprocess.Popen(
+                child.args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,  # Ctrl-C reaches us; we stop children in order
+            )
+        self.children.append(child)
+        return child
+
+    def start_service(self, service: str, port: int, extra: Sequence[str] = (), **kw: object) -> Child:
+        args = [sys.executable, "-m", "torl.cli.main", service, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        return self.start(service, [*args, *extra], grpc_target=f"127.0.0.1:{port}", **kw)  # type: ignore[arg-type]
+
+    def wait_healthy(self, child: Child, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        assert child.proc is not None
+        while time.monotonic() < deadline:
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"{child.name} exited with {child.proc.returncode}; log: {child.log_path}")
+            if child.grpc_target is None or grpc_healthy(child.grpc_target):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{child.name} not healthy after {timeout:.0f}s; log: {child.log_path}")
+
+    def check_alive(self) -> None:
+        for c in self.children:
+            if c.proc is not None and c.proc.poll() is not None:
+                raise RuntimeError(f"{c.name} exited with {c.proc.returncode}; log: {c.log_path}")
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        """SIGTERM every child (reverse start order), wait, SIGKILL what is left (whole process group)."""
+        for c in reversed(self.children):
+            if c.proc is not None and c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for c in reversed(self.children):
+            if c.proc is None:
+                continue
+            try:
+                c.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(c.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if c.proc.poll() is None:
+                c.proc.wait(5)
+        self.children.clear()

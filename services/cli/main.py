@@ -1,0 +1,143 @@
+"""`torl` command line: serve a service, show its effective config, print the version.
+
+Heavy stacks (torch, vllm, deepspeed) are imported only inside the commands that need them, and
+only after the config validated, so `torl --help` and a config typo answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from torl.common.config import SERVICE_NAMES, ConfigError, ServiceSettings, load_settings, parse_set_options
+
+app = typer.Typer(
+    name="torl",
+    help="Tool-integrated RL (ToRL): rollout, executor, reward and learner services.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+# service -> (settings class, async serve function), as "module:attr" so nothing loads early.
+SERVICES: dict[str, tuple[str, str]] = {
+    "executor": ("torl.executor.config:ExecutorSettings", "torl.executor.server:serve"),
+    "reward": ("torl.reward.config:RewardSettings", "torl.reward.server:serve"),
+    "rollout": ("torl.rollout.config:RolloutSettings", "torl.rollout.server:serve"),
+    "learner": ("torl.learner.config:LearnerSettings", "torl.learner.server:serve"),
+}
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (one service, or sections per service).")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a field: --set grpc.port=50061 (repeatable).")
+]
+HostOpt = Annotated[str | None, typer.Option("--host", help="gRPC bind address.")]
+PortOpt = Annotated[int | None, typer.Option("--port", help="gRPC port (0 = pick a free one).")]
+MetricsPortOpt = Annotated[int | None, typer.Option("--metrics-port", help="Prometheus port (0 = off).")]
+LogLevelOpt = Annotated[str | None, typer.Option("--log-level", help="debug | info | warning | error.")]
+
+
+def _load(ref: str) -> Any:
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def settings_class(service: str) -> type[ServiceSettings]:
+    if service not in SERVICES:
+        raise ConfigError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    cls: type[ServiceSettings] = _load(SERVICES[service][0])
+    return cls
+
+
+def build_settings(
+    service: str,
+    config: Path | None,
+    sets: list[str] | None,
+    host: str | None = None,
+    port: int | None = None,
+    metrics_port: int | None = None,
+    log_level: str | None = None,
+) -> ServiceSettings:
+    """Validated settings for `service`: flags > env > config file > defaults."""
+    overrides = parse_set_options(sets or [])
+    if host is not None:
+        overrides.setdefault("grpc", {})["host"] = host
+    if port is not None:
+        overrides.setdefault("grpc", {})["port"] = port
+    if metrics_port is not None:
+        overrides["metrics_port"] = metrics_port
+    if log_level is not None:
+        overrides["log_level"] = log_level
+    return load_settings(settings_class(service), config_file=config, overrides=overrides)
+
+
+def _make_service_app(service: str) -> typer.Typer:
+    sub = typer.Typer(help=f"The {service} service.", no_args_is_help=True)
+
+    @sub.command("serve", help=f"Run the {service} service until SIGTERM.")
+    def serve(
+        config: ConfigOpt = None,
+        sets: SetOpt = None,
+        host: HostOpt = None,
+        port: PortOpt = None,
+        metrics_port: MetricsPortOpt = None,
+        log_level: LogLevelOpt = None,
+    ) -> None:
+        settings = build_settings(service, config, sets, host, port, metrics_port, log_level)
+        serve_fn = _load(SERVICES[service][1])
+        asyncio.run(serve_fn(settings))
+
+    return sub
+
+
+for _name in SERVICE_NAMES:
+    app.add_typer(_make_service_app(_name), name=_name)
+
+
+@config_app.command("show", help="Print the effective, validated config of a service as JSON.")
+def config_show(
+    service: Annotated[str, typer.Argument(help="executor | reward | rollout | learner")],
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    settings = build_settings(service, config, sets)
+    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=True))
+
+
+@app.command("up", help="Run every service locally on loopback ports until Ctrl-C.")
+def up(
+    run_dir: Annotated[Path, typer.Option(help="Where logs and state go.")] = Path("runs/up"),
+    check: Annotated[bool, typer.Option("--check", help="Start, print health, stop.")] = False,
+) -> None:
+    from torl.cli.up import run_up
+
+    raise typer.Exit(run_up(run_dir, check))
+
+
+@app.command("version", help="Print the torl version.")
+def version() -> None:
+    from torl import __version__
+
+    typer.echo(f"torl {__version__}")
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
