@@ -45,4 +45,6 @@ else
 fi
 
 .venv/bin/python scripts/gen_protos.py
+# helm for the chart checks in tests/deploy (idempotent).
+bash scripts/install_deploy_tools.sh
 echo "[setup] ok"
