@@ -5,6 +5,7 @@ exit or Ctrl-C so no process is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -108,14 +109,10 @@ class Supervisor:
         for c in reversed(self.children):
             if c.proc is None:
                 continue
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 c.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(c.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             if c.proc.poll() is None:
                 c.proc.wait(5)
         self.children.clear()

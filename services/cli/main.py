@@ -6,16 +6,16 @@ only after the config validated, so `torl --help` and a config typo answer in we
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from torl.common.config import SERVICE_NAMES, ConfigError, ServiceSettings, load_settings, parse_set_options
+if TYPE_CHECKING:
+    from torl.common.config import ServiceSettings
 
 app = typer.Typer(
     name="torl",
@@ -53,6 +53,8 @@ def _load(ref: str) -> Any:
 
 
 def settings_class(service: str) -> type[ServiceSettings]:
+    from torl.common.config import ConfigError
+
     if service not in SERVICES:
         raise ConfigError(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
     cls: type[ServiceSettings] = _load(SERVICES[service][0])
@@ -69,6 +71,8 @@ def build_settings(
     log_level: str | None = None,
 ) -> ServiceSettings:
     """Validated settings for `service`: flags > env > config file > defaults."""
+    from torl.common.config import load_settings, parse_set_options
+
     overrides = parse_set_options(sets or [])
     if host is not None:
         overrides.setdefault("grpc", {})["host"] = host
@@ -95,12 +99,14 @@ def _make_service_app(service: str) -> typer.Typer:
     ) -> None:
         settings = build_settings(service, config, sets, host, port, metrics_port, log_level)
         serve_fn = _load(SERVICES[service][1])
+        import asyncio
+
         asyncio.run(serve_fn(settings))
 
     return sub
 
 
-for _name in SERVICE_NAMES:
+for _name in SERVICES:
     app.add_typer(_make_service_app(_name), name=_name)
 
 
@@ -134,7 +140,11 @@ def version() -> None:
 def main() -> None:
     try:
         app()
-    except ConfigError as e:
+    except Exception as e:
+        from torl.common.config import ConfigError  # imported here: keeps `torl --help` light
+
+        if not isinstance(e, ConfigError):
+            raise
         print(str(e), file=sys.stderr)
         sys.exit(2)
 
