@@ -1,0 +1,213 @@
+{{/* Names, labels and shared pod pieces. Every helper is prefixed "torl.". */}}
+
+{{- define "torl.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "torl.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of one component's objects: (dict "root" $ "component" "reward") */}}
+{{- define "torl.componentName" -}}
+{{- printf "%s-%s" (include "torl.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "torl.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "torl.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "torl.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{ include "torl.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: torl
+{{- end -}}
+
+{{/* Labels of the chart's objects that belong to no single component. */}}
+{{- define "torl.commonLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "torl.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: torl
+{{- end -}}
+
+{{/* Image reference of a torl service: (dict "root" $ "image" .Values.reward.image) */}}
+{{- define "torl.image" -}}
+{{- $tag := default .root.Chart.AppVersion .root.Values.image.tag -}}
+{{- printf "%s/%s:%s" .root.Values.image.registry .image.repository $tag -}}
+{{- end -}}
+
+{{- define "torl.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "torl.containerSecurityContext" -}}
+{{- toYaml .Values.containerSecurityContext -}}
+{{- end -}}
+
+{{/* Scheduling keys of a component section (nodeSelector, tolerations, affinity). */}}
+{{- define "torl.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The config file of one service (torl <svc> serve --config /etc/torl/config.yaml): the user's
+`config` map merged over what the chart must set (ports, bind addresses, logging).
+(dict "root" $ "base" $chartSet "user" $userConfig)
+*/}}
+{{- define "torl.serviceConfig" -}}
+{{- $merged := mustMergeOverwrite (dict) .base (deepCopy .user) -}}
+{{- toYaml $merged -}}
+{{- end -}}
+
+{{/* Redis endpoint pieces. */}}
+{{- define "torl.redisHost" -}}
+{{- if .Values.redis.enabled -}}
+{{- include "torl.componentName" (dict "root" . "component" "redis") -}}
+{{- else -}}
+{{- required "redis.external.host is required when redis.enabled=false" .Values.redis.external.host -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "torl.redisPort" -}}
+{{- if .Values.redis.enabled -}}6379{{- else -}}{{ .Values.redis.external.port }}{{- end -}}
+{{- end -}}
+
+{{- define "torl.redisSecretName" -}}
+{{- if .Values.redis.auth.existingSecret -}}
+{{- .Values.redis.auth.existingSecret -}}
+{{- else -}}
+{{- include "torl.componentName" (dict "root" . "component" "redis") -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Env that gives a service its Redis URL without putting the password in a ConfigMap:
+(dict "root" $ "prefix" "TORL_LEARNER_")
+*/}}
+{{- define "torl.redisEnv" -}}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "torl.redisSecretName" .root }}
+      key: {{ .root.Values.redis.auth.existingSecretKey }}
+- name: {{ .prefix }}REDIS_URL
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:%s/%d" (include "torl.redisHost" .root) (include "torl.redisPort" .root) (int (ternary 0 .root.Values.redis.external.db .root.Values.redis.enabled)) | quote }}
+{{- end -}}
+
+{{/* Where the model lies inside rollout and learner pods. */}}
+{{- define "torl.modelDir" -}}
+{{- if eq .Values.model.source "hub" -}}
+/models/hub
+{{- else -}}
+{{- printf "/models/%s" .Values.model.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Volumes for the model: (root context). */}}
+{{- define "torl.modelVolume" -}}
+- name: model
+{{- if eq .Values.model.source "hub" }}
+  emptyDir:
+    sizeLimit: {{ .Values.model.hub.cacheSizeLimit }}
+{{- else }}
+  persistentVolumeClaim:
+    claimName: {{ required "model.volume.claimName is required when model.source=volume" .Values.model.volume.claimName }}
+    readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/*
+Init container that downloads the model from the hub into the `model` volume (source=hub only):
+(dict "root" $ "image" $imageRef)
+*/}}
+{{- define "torl.modelDownloadInit" -}}
+{{- if eq .root.Values.model.source "hub" }}
+- name: download-model
+  image: {{ .image }}
+  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+  command:
+    - python
+    - -c
+    - |
+      import os
+      from huggingface_hub import snapshot_download
+      snapshot_download(repo_id=os.environ["MODEL_NAME"], revision=os.environ["MODEL_REVISION"],
+                        local_dir="/models/hub")
+  env:
+    - name: MODEL_NAME
+      value: {{ .root.Values.model.name | quote }}
+    - name: MODEL_REVISION
+      value: {{ .root.Values.model.hub.revision | quote }}
+    - name: HF_HOME
+      value: /tmp/hf
+    {{- if .root.Values.model.hub.tokenSecret }}
+    - name: HF_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ .root.Values.model.hub.tokenSecret }}
+          key: {{ .root.Values.model.hub.tokenSecretKey }}
+    {{- end }}
+  securityContext:
+    {{- include "torl.containerSecurityContext" .root | nindent 4 }}
+  resources:
+    requests: {cpu: 500m, memory: 1Gi}
+    limits: {cpu: "2", memory: 4Gi}
+  volumeMounts:
+    - {name: model, mountPath: /models}
+    - {name: tmp, mountPath: /tmp}
+{{- end }}
+{{- end -}}
+
+{{/* Checksum annotation so pods restart when their config changes. */}}
+{{- define "torl.configChecksum" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- end -}}
+
+{{/* Standard gRPC health probes (Kubernetes native gRPC probes, grpc.health.v1). */}}
+{{- define "torl.grpcProbes" -}}
+startupProbe:
+  grpc: {port: {{ .port }}}
+  periodSeconds: 5
+  failureThreshold: {{ .startupFailures | default 60 }}
+readinessProbe:
+  grpc: {port: {{ .port }}}
+  periodSeconds: 10
+  timeoutSeconds: 5
+livenessProbe:
+  grpc: {port: {{ .port }}}
+  periodSeconds: 20
+  timeoutSeconds: 5
+  failureThreshold: 6
+{{- end -}}
