@@ -20,6 +20,28 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
+def redis_server_args(port: int, data_dir: Path, maxmemory_mb: int = 0) -> list[str]:
+    """A redis-server on loopback with its own dir, AOF (fsync every second) and noeviction."""
+    args = [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        "--maxmemory-policy", "noeviction", "--protected-mode", "yes", "--daemonize", "no",
+    ]
+    if maxmemory_mb:
+        args += ["--maxmemory", f"{maxmemory_mb}mb"]
+    return args
+
+
+def redis_ready(port: int, timeout: float = 1.0) -> bool:
+    """PING answered on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -32,6 +54,7 @@ class Child:
     args: list[str]
     log_path: Path
     grpc_target: str | None = None
+    redis_port: int | None = None  # readiness by PING instead of gRPC health
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -84,13 +107,23 @@ class Supervisor:
         args = [sys.executable, "-m", "torl.cli.main", service, "serve", "--host", "127.0.0.1", "--port", str(port)]
         return self.start(service, [*args, *extra], grpc_target=f"127.0.0.1:{port}", **kw)  # type: ignore[arg-type]
 
+    def start_redis(self, port: int, data_dir: Path, maxmemory_mb: int = 0) -> Child:
+        """Our own redis-server for this run (never a shared one); ready when it answers PING."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        child = self.start("redis", redis_server_args(port, data_dir.resolve(), maxmemory_mb))
+        child.redis_port = port
+        return child
+
     def wait_healthy(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         assert child.proc is not None
         while time.monotonic() < deadline:
             if child.proc.poll() is not None:
                 raise RuntimeError(f"{child.name} exited with {child.proc.returncode}; log: {child.log_path}")
-            if child.grpc_target is None or grpc_healthy(child.grpc_target):
+            if child.redis_port is not None:
+                if redis_ready(child.redis_port):
+                    return
+            elif child.grpc_target is None or grpc_healthy(child.grpc_target):
                 return
             time.sleep(0.2)
         raise TimeoutError(f"{child.name} not healthy after {timeout:.0f}s; log: {child.log_path}")
