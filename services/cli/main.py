@@ -130,6 +130,35 @@ def up(
     raise typer.Exit(run_up(run_dir, check))
 
 
+@app.command("eval", help="Evaluate a model with the TIR loop on benchmarks (paper layout table).")
+def eval_cmd(
+    model: Annotated[str, typer.Option("--model", help="Model directory (served by a local rollout).")] = "",
+    datasets: Annotated[str, typer.Option(help="Comma-separated benchmark names or .jsonl/.parquet paths.")] = (
+        "aime24,aime25,math500,amc23,olympiadbench"
+    ),
+    k: Annotated[int, typer.Option("--k", min=1, max=1024, help="Samples per problem (avg@k, pass@k).")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy.")] = 0.0,
+    max_tool_calls: Annotated[int, typer.Option(min=0, max=64, help="Tool-call budget C.")] = 1,
+    max_tokens: Annotated[int, typer.Option(min=0, help="Response token budget (0 = rollout config).")] = 0,
+    limit: Annotated[int, typer.Option(min=0, help="First N problems per dataset (0 = all).")] = 0,
+    concurrency: Annotated[int, typer.Option(min=1, max=4096, help="Problems in flight.")] = 16,
+    seed: Annotated[int, typer.Option(min=0, help="Sampling seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/eval"),
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (default: the shipped data/).")] = None,
+    rollout: Annotated[str | None, typer.Option(help="Use a running rollout at HOST:PORT.")] = None,
+    executor: Annotated[str | None, typer.Option(help="Use a running executor at HOST:PORT.")] = None,
+) -> None:
+    from torl.evaluation.cli import run_eval
+    from torl.evaluation.runner import EvalOptions
+
+    if not model and not rollout:
+        raise typer.BadParameter("give --model DIR or --rollout HOST:PORT")
+    opts = EvalOptions(k, temperature, max_tool_calls, max_tokens, seed, concurrency)
+    table = run_eval(model, [d.strip() for d in datasets.split(",") if d.strip()], opts, out, limit, data_dir,
+                     rollout, executor)
+    typer.echo(table)
+
+
 @app.command("version", help="Print the torl version.")
 def version() -> None:
     from torl import __version__
