@@ -1,0 +1,621 @@
+"""The in-sandbox agent: a resident interpreter that runs untrusted code for the host pool.
+
+This file is executed *inside* each sandbox (gVisor or bubblewrap) as a plain script, bound
+read-only at /opt/torl/agent.py. It imports only the standard library (plus the pre-loaded math
+modules) and never imports torl. It starts once per sandbox, imports the heavy modules
+(sympy, numpy) so runs don't pay for them, and then serves run requests from the host over its
+stdin/stdout as length-prefixed JSON frames.
+
+Isolation inside the sandbox:
+- Every run happens in a process forked from this agent ahead of time ("spare"), so a request
+  never waits for a fork. The spare drops to uid/gid 65534 (when the agent is root, as under
+  gVisor) so untrusted code cannot signal or trace the agent, starts its own session, and gets its
+  own work dir under /tmp/runs.
+- `strict`: the spare runs one program and exits. `session`: the spare becomes a worker that runs
+  many programs of one caller, each with fresh globals, env, cwd and work dir, and checks after
+  each run that no thread or child process was left behind (otherwise it is recycled).
+- After every run the agent kills any process that does not belong to a live run (daemons,
+  orphans), reaps zombies and removes every file under /tmp that no live run owns.
+- Wall-clock limits are enforced here with SIGKILL to the run's session, and again by the host,
+  which destroys the whole sandbox if the agent itself stops answering.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gc
+import io
+import json
+import os
+import resource
+import selectors
+import shutil
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+import types
+from typing import Any
+
+RUN_ROOT = "/tmp/runs"
+SANDBOX_UID = 65534
+MAX_FRAME = 256 * 1024 * 1024
+HEADER = struct.Struct(">I")
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+
+def read_exact(fd: int, n: int) -> bytes:
+    chunks = []
+    while n:
+        b = os.read(fd, min(n, 1 << 20))
+        if not b:
+            raise EOFError("pipe closed")
+        chunks.append(b)
+        n -= len(b)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> dict[str, Any]:
+    (size,) = HEADER.unpack(read_exact(fd, HEADER.size))
+    if size > MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes is too large")
+    msg = json.loads(read_exact(fd, size))
+    if not isinstance(msg, dict):
+        raise ValueError("frame is not a JSON object")
+    return msg
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def write_frame(fd: int, msg: dict[str, Any]) -> None:
+    body = json.dumps(msg, separators=(",", ":")).encode()
+    write_all(fd, HEADER.pack(len(body)) + body)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------
+# Child side: what a spare does once it receives a job
+
+
+class ChildContext:
+    """State a spare keeps across jobs (only reused in session mode)."""
+
+    def __init__(self, job_r: int, status_w: int, base_env: dict[str, str]) -> None:
+        self.job_r = job_r
+        self.status_w = status_w
+        self.base_env = base_env
+        self.mem_mb: int | None = None
+        self.stdout_id = os.fstat(1).st_ino
+        self.stderr_id = os.fstat(2).st_ino
+
+
+def _drop_privileges() -> None:
+    if os.getuid() == 0:
+        os.setgroups([])
+        os.setgid(SANDBOX_UID)
+        os.setuid(SANDBOX_UID)  # clears every capability of this process
+
+
+def _set_memory_limit(ctx: ChildContext, mem_mb: int) -> None:
+    if ctx.mem_mb is None:
+        limit = mem_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        ctx.mem_mb = mem_mb
+
+
+def _install_stdin(data: bytes) -> None:
+    fd = os.memfd_create("stdin")
+    write_all(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.dup2(fd, 0)
+    os.close(fd)
+
+
+def _run_code(code: str) -> int:
+    """Run `code` as `python3 -c` would and return its exit code."""
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = __builtins__
+    sys.modules["__main__"] = main
+    sys.argv = ["-c"]
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="strict")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="strict")
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
+    )
+    exit_code = 0
+    try:
+        compiled = compile(code, "<string>", "exec")
+        exec(compiled, main.__dict__)
+    except SystemExit as e:
+        if e.code is None:
+            exit_code = 0
+        elif isinstance(e.code, int):
+            exit_code = e.code & 0xFF
+        else:
+            with contextlib.suppress(Exception):
+                print(e.code, file=sys.stderr)
+            exit_code = 1
+    except BaseException as e:
+        # Skip this function's own frame so the traceback reads like `python3 -c`.
+        tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+        with contextlib.suppress(Exception):
+            traceback.print_exception(type(e), e, tb, file=sys.stderr)
+        exit_code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    return exit_code
+
+
+def _prepare_run(ctx: ChildContext, job: dict[str, Any]) -> str:
+    work = os.path.join(RUN_ROOT, str(job["id"]))
+    os.mkdir(work, 0o700)
+    for rel, content in job.get("files") or []:
+        path = os.path.normpath(os.path.join(work, rel))
+        if not path.startswith(work + os.sep):
+            raise ValueError(f"file path {rel!r} leaves the work dir")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(content))
+    os.chdir(work)
+    os.environ.clear()
+    os.environ.update(ctx.base_env)
+    os.environ["HOME"] = work
+    os.environ["TMPDIR"] = work
+    _install_stdin(base64.b64decode(job.get("stdin") or ""))
+    return work
+
+
+def _reset_problem(ctx: ChildContext) -> str | None:
+    """Why this worker cannot be reused after a run (None when it can)."""
+    if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
+        return "threads left running"
+    try:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+        return "child processes left behind" if pid == 0 or pid > 0 else None
+    except ChildProcessError:
+        pass
+    if os.fstat(1).st_ino != ctx.stdout_id or os.fstat(2).st_ino != ctx.stderr_id:
+        return "stdout/stderr were replaced"
+    return None
+
+
+def child_main(ctx: ChildContext) -> None:
+    """Body of a spare: wait for jobs; run one (strict) or many (session)."""
+    _drop_privileges()
+    os.setsid()
+    gc.enable()
+    while True:
+        try:
+            job = read_frame(ctx.job_r)
+        except (EOFError, ValueError, OSError):
+            os._exit(0)
+        _set_memory_limit(ctx, int(job["mem_mb"]))
+        try:
+            work = _prepare_run(ctx, job)
+        except Exception as e:
+            os.write(2, f"sandbox: could not prepare the run: {e}\n".encode())
+            os._exit(125)
+        exit_code = _run_code(job["code"])
+        if job["mode"] == "strict":
+            os._exit(exit_code)
+        os.chdir("/")
+        shutil.rmtree(work, ignore_errors=True)
+        problem = _reset_problem(ctx)
+        status = {"exit_code": exit_code, "reset_problem": problem}
+        try:
+            write_all(ctx.status_w, (json.dumps(status) + "\n").encode())
+        except OSError:
+            os._exit(1)
+        if problem is not None:
+            os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Agent side
+
+
+class Proc:
+    """A forked spare or worker and the agent's ends of its pipes."""
+
+    def __init__(self, pid: int, job_w: int, out_r: int, err_r: int, status_r: int) -> None:
+        self.pid = pid
+        self.job_w = job_w
+        self.out_r = out_r
+        self.err_r = err_r
+        self.status_r = status_r
+        self.status_buf = b""
+        self.runs = 0
+        self.session: str | None = None
+        self.mem_mb: int | None = None
+        self.run: Run | None = None
+        self.exited = False
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        for fd in (self.job_w, self.out_r, self.err_r, self.status_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class Capture:
+    """Bytes read from one output pipe: the first `cap` kept, the rest counted."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.data = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.cap - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+
+
+class Run:
+    def __init__(self, job: dict[str, Any], proc: Proc) -> None:
+        self.id = str(job["id"])
+        self.mode = str(job["mode"])
+        self.proc = proc
+        self.started = time.monotonic()
+        self.deadline = self.started + float(job["timeout"])
+        cap = int(job["max_output"])
+        self.out = Capture(cap)
+        self.err = Capture(cap)
+        self.timed_out = False
+        self.exit_code: int | None = None
+        self.error: str | None = None
+
+
+class Agent:
+    def __init__(self, ctrl_in: int, ctrl_out: int, spares: int, base_env: dict[str, str]) -> None:
+        self.ctrl_in = ctrl_in
+        self.ctrl_out = ctrl_out
+        self.target_spares = spares
+        self.base_env = base_env
+        self.sel = selectors.DefaultSelector()
+        self.spares: list[Proc] = []
+        self.idle_workers: dict[str, list[Proc]] = {}
+        self.procs: dict[int, Proc] = {}
+        self.runs: dict[str, Run] = {}
+        self.fd_owner: dict[int, tuple[Proc, str]] = {}
+        self.finished: list[Run] = []
+        sig_r, sig_w = os.pipe()
+        os.set_blocking(sig_w, False)
+        os.set_blocking(sig_r, False)
+        self.sig_r = sig_r
+        signal.set_wakeup_fd(sig_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.sel.register(sig_r, selectors.EVENT_READ, "signal")
+        self.sel.register(ctrl_in, selectors.EVENT_READ, "ctrl")
+
+    # -- processes ----------------------------------------------------------------------------
+
+    def fork_spare(self) -> Proc:
+        job_r, job_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        status_r, status_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+                keep = {0, 1, 2, job_r, status_w}
+                for fd_name in os.listdir("/proc/self/fd"):
+                    n = int(fd_name)
+                    if n not in keep:
+                        with contextlib.suppress(OSError):
+                            os.close(n)
+                child_main(ChildContext(job_r, status_w, self.base_env))
+            finally:
+                os._exit(126)
+        for end in (job_r, out_w, err_w, status_w):
+            os.close(end)
+        for end in (out_r, err_r, status_r):
+            os.set_blocking(end, False)
+        proc = Proc(pid, job_w, out_r, err_r, status_r)
+        self.procs[pid] = proc
+        for end, kind in ((out_r, "out"), (err_r, "err"), (status_r, "status")):
+            self.sel.register(end, selectors.EVENT_READ, "proc")
+            self.fd_owner[end] = (proc, kind)
+        return proc
+
+    def refill_spares(self) -> None:
+        while len(self.spares) < self.target_spares:
+            self.spares.append(self.fork_spare())
+
+    def discard(self, proc: Proc) -> None:
+        """Kill a spare/worker and its whole session, forget it (idempotent)."""
+        if proc.closed:
+            return
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, signal.SIGKILL)
+        for fd in (proc.out_r, proc.err_r, proc.status_r):
+            if fd in self.fd_owner:
+                self.sel.unregister(fd)
+                del self.fd_owner[fd]
+        proc.close()
+        if proc in self.spares:
+            self.spares.remove(proc)
+        for workers in self.idle_workers.values():
+            if proc in workers:
+                workers.remove(proc)
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def start_run(self, job: dict[str, Any]) -> None:
+        mode = job["mode"]
+        session = str(job.get("session") or "")
+        mem_mb = int(job["mem_mb"])
+        proc: Proc | None = None
+        if mode == "session":
+            workers = self.idle_workers.get(session, [])
+            while workers and proc is None:
+                cand = workers.pop()
+                if cand.mem_mb == mem_mb and not cand.exited:
+                    proc = cand
+                else:
+                    self.discard(cand)
+        if proc is None:
+            proc = self.spares.pop() if self.spares else self.fork_spare()
+            proc.session = session
+            proc.mem_mb = mem_mb
+        run = Run(job, proc)
+        proc.run = run
+        proc.runs += 1
+        self.runs[run.id] = run
+        payload: dict[str, Any] = {k: job[k] for k in ("id", "mode", "code", "stdin", "files", "mem_mb") if k in job}
+        try:
+            write_frame(proc.job_w, payload)
+        except OSError as e:
+            run.error = f"could not hand the run to its process: {e}"
+            self.finish(run, kill=True)
+
+    def drain(self, proc: Proc) -> None:
+        for fd, kind in ((proc.out_r, "out"), (proc.err_r, "err")):
+            while True:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except (BlockingIOError, OSError):
+                    break
+                if not chunk:
+                    break
+                if proc.run is not None:
+                    (proc.run.out if kind == "out" else proc.run.err).add(chunk)
+
+    def on_readable(self, fd: int) -> None:
+        proc, kind = self.fd_owner[fd]
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.sel.unregister(fd)
+            del self.fd_owner[fd]
+            return
+        if kind == "status":
+            proc.status_buf += chunk
+            if len(proc.status_buf) > 4096:
+                self.fault_proc(proc, "worker sent an oversized status")
+                return
+            if b"\n" in proc.status_buf and proc.run is not None:
+                line, _, proc.status_buf = proc.status_buf.partition(b"\n")
+                self.on_worker_status(proc, line)
+            return
+        if proc.run is not None:
+            (proc.run.out if kind == "out" else proc.run.err).add(chunk)
+
+    def on_worker_status(self, proc: Proc, line: bytes) -> None:
+        run = proc.run
+        assert run is not None
+        try:
+            status = json.loads(line)
+            exit_code = int(status["exit_code"])
+            problem = status.get("reset_problem")
+        except (ValueError, KeyError, TypeError):
+            self.fault_proc(proc, "worker sent a malformed status")
+            return
+        self.drain(proc)
+        run.exit_code = exit_code
+        self.finish(run, kill=problem is not None)
+
+    def fault_proc(self, proc: Proc, why: str) -> None:
+        if proc.run is not None:
+            proc.run.exit_code = proc.run.exit_code if proc.run.exit_code is not None else 1
+            self.finish(proc.run, kill=True)
+        else:
+            self.discard(proc)
+
+    def on_child_exit(self, pid: int, status: int) -> None:
+        proc = self.procs.pop(pid, None)
+        if proc is None:
+            return  # an orphan of some run, reaped
+        proc.exited = True
+        run = proc.run
+        if run is None:
+            self.discard(proc)
+            return
+        self.drain(proc)
+        if run.exit_code is None:
+            if os.WIFEXITED(status):
+                run.exit_code = os.WEXITSTATUS(status)
+            else:
+                run.exit_code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else 1
+        self.finish(run, kill=True)
+
+    def finish(self, run: Run, kill: bool) -> None:
+        proc = run.proc
+        proc.run = None
+        self.runs.pop(run.id, None)
+        reuse = run.mode == "session" and not kill and not proc.exited
+        if reuse:
+            self.idle_workers.setdefault(proc.session or "", []).append(proc)
+        else:
+            self.discard(proc)
+        self.finished.append(run)
+
+    def check_deadlines(self) -> None:
+        now = time.monotonic()
+        for run in list(self.runs.values()):
+            if now >= run.deadline:
+                run.timed_out = True
+                self.drain(run.proc)
+                self.finish(run, kill=True)
+
+    def next_timeout(self) -> float | None:
+        if not self.runs:
+            return None
+        return max(0.0, min(r.deadline for r in self.runs.values()) - time.monotonic())
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.on_child_exit(pid, status)
+
+    def sweep(self) -> bool:
+        """Kill every process that no live spare/worker/run owns; remove unowned /tmp files."""
+        me = os.getpid()
+        keep_sids = {p.pid for p in self.procs.values() if p.run is not None}
+        keep_pids = {p.pid for p in self.procs.values()}
+        clean = True
+        for _ in range(50):
+            strays = []
+            for name in os.listdir("/proc"):
+                if not name.isdigit():
+                    continue
+                pid = int(name)
+                if pid in (1, me) or pid in keep_pids:
+                    continue
+                try:
+                    if os.getsid(pid) in keep_sids:
+                        continue
+                except OSError:
+                    continue
+                strays.append(pid)
+            if not strays:
+                break
+            for pid in strays:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.002)
+            self.reap()
+        else:
+            clean = False
+        live = {r.id for r in self.runs.values()}
+        for name in os.listdir("/tmp"):
+            path = os.path.join("/tmp", name)
+            if name == "runs":
+                for run_dir in os.listdir(path):
+                    if run_dir not in live:
+                        shutil.rmtree(os.path.join(path, run_dir), ignore_errors=True)
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        return clean
+
+    def report(self, run: Run) -> None:
+        msg = {
+            "op": "result",
+            "id": run.id,
+            "exit_code": run.exit_code if run.exit_code is not None else -9,
+            "timed_out": run.timed_out,
+            "duration": time.monotonic() - run.started,
+            "stdout": b64(bytes(run.out.data)),
+            "stderr": b64(bytes(run.err.data)),
+            "stdout_truncated": run.out.total > len(run.out.data),
+            "stderr_truncated": run.err.total > len(run.err.data),
+            "error": run.error,
+        }
+        write_frame(self.ctrl_out, msg)
+
+    def serve(self) -> None:
+        self.refill_spares()
+        write_frame(self.ctrl_out, {"op": "ready", "pid": os.getpid()})
+        while True:
+            timeout = self.next_timeout()
+            # Fork replacement spares only while nothing waits: a fork under gVisor takes tens of ms.
+            if len(self.spares) < self.target_spares and not self.sel.select(0):
+                self.spares.append(self.fork_spare())
+                continue
+            for key, _ in self.sel.select(timeout):
+                if key.data == "signal":
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self.sig_r, 512):
+                            pass
+                    self.reap()
+                elif key.data == "ctrl":
+                    try:
+                        msg = read_frame(self.ctrl_in)
+                    except EOFError:
+                        return
+                    if msg.get("op") == "run":
+                        self.start_run(msg)
+                    elif msg.get("op") == "ping":
+                        write_frame(self.ctrl_out, {"op": "pong"})
+                elif key.fd in self.fd_owner:
+                    self.on_readable(key.fd)
+            self.reap()
+            self.check_deadlines()
+            if self.finished:
+                done, self.finished = self.finished, []
+                clean = self.sweep()
+                for run in done:
+                    self.report(run)
+                if not clean:
+                    write_frame(self.ctrl_out, {"op": "fault", "message": "could not kill leftover processes"})
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    for path in args.get("site", []):
+        sys.path.insert(0, path)
+    base_env = dict(args.get("env", {}))
+    os.environ.clear()
+    os.environ.update(base_env)
+    for name in args.get("preload", []):
+        __import__(name)
+    # The protocol uses private copies of fds 0/1; the originals point nowhere useful.
+    ctrl_in = os.dup(0)
+    ctrl_out = os.dup(1)
+    null = os.open("/dev/null", os.O_RDWR) if os.path.exists("/dev/null") else os.open("/", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.makedirs(RUN_ROOT, exist_ok=True)
+    os.chmod(RUN_ROOT, 0o1777)
+    gc.collect()
+    gc.freeze()
+    Agent(ctrl_in, ctrl_out, int(args.get("spares", 2)), base_env).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Prometheus metrics of the executor; every metric the dashboards and alerts use is defined here."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from torl.common.metrics import LATENCY_BUCKETS
+
+REQUESTS = Counter(
+    "torl_executor_requests_total",
+    "Runs answered, by status (ok/error/timeout/sandbox_error/rejected), caller and API (grpc/rest).",
+    ["status", "caller", "api"],
+)
+RUN_DURATION = Histogram(
+    "torl_executor_run_duration_seconds",
+    "Wall time of a run inside its sandbox.",
+    ["isolation"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_WAIT = Histogram(
+    "torl_executor_queue_wait_seconds", "Time a run waited for a sandbox slot.", buckets=LATENCY_BUCKETS
+)
+QUEUE_DEPTH = Gauge("torl_executor_queue_depth", "Runs waiting for a sandbox slot.")
+POOL_SANDBOXES = Gauge("torl_executor_pool_sandboxes", "Sandboxes by state (starting/ready/draining).", ["state"])
+POOL_IDLE_SLOTS = Gauge("torl_executor_pool_idle_slots", "Run slots free in ready sandboxes.")
+RECYCLED = Counter(
+    "torl_executor_sandbox_recycled_total",
+    "Sandboxes replaced, by reason (uses, fault, handover, start_failed).",
+    ["reason"],
+)
+SANDBOX_START = Histogram(
+    "torl_executor_sandbox_start_seconds",
+    "Time from launching a sandbox until its agent is ready (modules imported).",
+    ["backend"],
+    buckets=LATENCY_BUCKETS,
+)
+RATE_LIMITED = Counter(
+    "torl_executor_rate_limited_total", "Requests refused by a per-key rate or concurrency limit.", ["caller", "limit"]
+)
