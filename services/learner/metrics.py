@@ -1,0 +1,47 @@
+"""Prometheus metrics of the learner (torl_learner_<what>_<unit>). The JSONL log carries the same
+figures per step; these are what dashboards and alerts read."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from torl.common.metrics import LATENCY_BUCKETS
+
+STEP = Gauge("torl_learner_step", "Last finished optimizer step.")
+STEP_SECONDS = Histogram(
+    "torl_learner_step_seconds", "Time of one step by phase.", ["phase"], buckets=LATENCY_BUCKETS
+)
+GROUPS = Counter(
+    "torl_learner_groups_total",
+    "Trajectory groups by outcome (applied, dropped_stale, dead, duplicate, unusable, reissued).",
+    ["outcome"],
+)
+REWARD_MEAN = Gauge("torl_learner_reward_mean", "Mean reward of the last step's responses.")
+REWARDS_BY_REASON = Counter("torl_learner_rewards_total", "Responses trained on, by reward reason.", ["reason"])
+ACCURACY = Gauge("torl_learner_accuracy_ratio", "Share of correct responses in the last step.")
+TOOL_CALLS_PER_RESPONSE = Gauge("torl_learner_tool_calls_per_response", "Mean tool calls per response, last step.")
+TOOL_USE = Gauge("torl_learner_tool_use_ratio", "Share of responses that called the tool, last step.")
+CODE_ERROR = Gauge("torl_learner_code_error_ratio", "Share of tool calls that did not return ok, last step.")
+RESPONSE_TOKENS = Gauge("torl_learner_response_tokens", "Mean response length in tokens, last step.")
+CLIP_FRACTION = Gauge("torl_learner_clip_fraction_ratio", "Share of trained tokens whose ratio was clipped.")
+IMPORTANCE_RATIO = Gauge(
+    "torl_learner_importance_ratio", "Trainer-vs-rollout importance ratio over trained tokens.", ["stat"]
+)
+STALENESS = Histogram(
+    "torl_learner_staleness_versions", "Staleness of applied groups in weight versions.",
+    buckets=(0, 1, 2, 3, 4, 8, 16, 32),
+)
+WEIGHT_PUSH_SECONDS = Histogram(
+    "torl_learner_weight_push_seconds", "Time to push weights to every replica.", buckets=LATENCY_BUCKETS
+)
+WEIGHT_PUSH_FAILURES = Counter(
+    "torl_learner_weight_push_failures_total", "Pushes to a replica that failed after retries.", ["replica"]
+)
+WEIGHT_PUSH_BYTES = Counter("torl_learner_weight_push_bytes_total", "Bytes of weights pushed (all replicas).")
+REDIS_MEMORY = Gauge("torl_learner_redis_memory_bytes", "Redis used_memory.")
+STREAM_LENGTH = Gauge("torl_learner_stream_length", "Entries in a run stream.", ["stream"])
+PENDING = Gauge("torl_learner_pending_groups", "Trajectory entries read but not yet acked (waiting for a checkpoint).")
+EVAL_ACCURACY = Gauge("torl_learner_eval_accuracy_ratio", "Held-out accuracy at the last evaluation.")
+CHECKPOINT_SECONDS = Histogram(
+    "torl_learner_checkpoint_seconds", "Time to write a durable checkpoint.", buckets=LATENCY_BUCKETS
+)

@@ -1,0 +1,169 @@
+"""Weight push to every rollout replica after each optimizer step.
+
+Replicas come from a static list (local runs) or from the rollout Service's EndpointSlices through
+the Kubernetes API (the `kubernetes` client, in-cluster config). Each push is one UpdateWeights
+client stream (torl.common.weight_stream: manifest, then raw chunks) with a deadline; a replica
+that fails or does not answer in time is reported, retried `retries` times, and then given up on
+for this version, so the learner never hangs on a dead replica. In sync mode the caller waits for
+every replica's ack; in async mode `AsyncPusher` pushes in the background and only the newest
+version is kept when pushes fall behind.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from torl.common.grpc_client import sync_channel
+from torl.common.logging import get_logger
+from torl.common.weight_stream import pack_weights
+from torl.learner import metrics as m
+from torl.learner.config import WeightSyncSettings
+from torl.v1 import common_pb2, rollout_pb2_grpc
+
+log = get_logger("torl.learner.weight_sync")
+
+
+def discover_kubernetes(service: str, namespace: str, port_name: str) -> list[str]:
+    """host:port of every ready endpoint of `service`, read from its EndpointSlices (in-cluster)."""
+    from kubernetes import client, config
+
+    config.load_incluster_config()
+    if not namespace:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace", encoding="utf-8") as f:
+            namespace = f.read().strip()
+    api = client.DiscoveryV1Api()
+    slices = api.list_namespaced_endpoint_slice(namespace, label_selector=f"kubernetes.io/service-name={service}")
+    targets: list[str] = []
+    for sl in slices.items:
+        ports = [p.port for p in (sl.ports or []) if p.name == port_name or (not port_name and p.port)]
+        if not ports:
+            continue
+        for ep in sl.endpoints or []:
+            if ep.conditions is not None and ep.conditions.ready is False:
+                continue
+            targets.extend(f"{addr}:{ports[0]}" for addr in ep.addresses or [])
+    return sorted(set(targets))
+
+
+def replica_targets(cfg: WeightSyncSettings) -> list[str]:
+    if cfg.kubernetes_service:
+        return discover_kubernetes(cfg.kubernetes_service, cfg.kubernetes_namespace, cfg.kubernetes_port_name)
+    return list(cfg.replicas)
+
+
+@dataclass
+class PushResult:
+    version: common_pb2.WeightVersion
+    seconds: float
+    acked: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # replica -> last error
+    bytes: int = 0
+
+
+class WeightSender:
+    """Pushes named tensors to every replica; keeps one channel per replica."""
+
+    def __init__(self, cfg: WeightSyncSettings, targets: Callable[[], Sequence[str]] | None = None) -> None:
+        self.cfg = cfg
+        self._targets = targets or (lambda: replica_targets(cfg))
+        self._channels: dict[str, grpc.Channel] = {}
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="weight-push")
+
+    def _stub(self, target: str) -> rollout_pb2_grpc.RolloutStub:
+        if target not in self._channels:
+            # gRPC-level retries are off here: a push is retried whole by _push_one.
+            self._channels[target] = sync_channel(target, max_message_mb=64, max_attempts=2)
+        return rollout_pb2_grpc.RolloutStub(self._channels[target])
+
+    def _push_one(self, target: str, tensors: dict[str, Any], version: common_pb2.WeightVersion) -> str:
+        """'' on ack, else the last error."""
+        chunk = int(self.cfg.chunk_mb * 1024 * 1024)
+        err = ""
+        for attempt in range(self.cfg.retries + 1):
+            try:
+                resp = self._stub(target).UpdateWeights(
+                    pack_weights(tensors, version, chunk), timeout=self.cfg.deadline_seconds
+                )
+                if (resp.version.incarnation, resp.version.step) != (version.incarnation, version.step):
+                    err = f"replica serves {resp.version.incarnation}:{resp.version.step} after the push"
+                else:
+                    return ""
+            except grpc.RpcError as e:
+                err = f"{e.code().name}: {e.details()}"
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    break  # refused (e.g. a newer incarnation already serves): retrying cannot help
+            log.warning("weight_push_retry", replica=target, attempt=attempt + 1, error=err,
+                        version=f"{version.incarnation}:{version.step}")
+            time.sleep(min(0.2 * 2**attempt, 2.0))
+        return err
+
+    def push(self, tensors: dict[str, Any], version: common_pb2.WeightVersion) -> PushResult:
+        """Push to every replica in parallel and wait (each bounded by deadline x retries)."""
+        t0 = time.perf_counter()
+        targets = list(self._targets())
+        nbytes = sum(int(t.numel() * t.element_size()) for t in tensors.values())
+        futures = {t: self._pool.submit(self._push_one, t, tensors, version) for t in targets}
+        result = PushResult(version=version, seconds=0.0, bytes=nbytes * len(targets))
+        for target, fut in futures.items():
+            err = fut.result()
+            if err:
+                result.failed[target] = err
+                m.WEIGHT_PUSH_FAILURES.labels(replica=target).inc()
+                log.error("weight_push_failed", replica=target, error=err,
+                          version=f"{version.incarnation}:{version.step}")
+            else:
+                result.acked.append(target)
+        result.seconds = time.perf_counter() - t0
+        m.WEIGHT_PUSH_SECONDS.observe(result.seconds)
+        m.WEIGHT_PUSH_BYTES.inc(result.bytes)
+        return result
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for ch in self._channels.values():
+            ch.close()
+
+
+class AsyncPusher:
+    """Background pushes for max_staleness > 0: the newest pending version wins."""
+
+    def __init__(self, sender: WeightSender) -> None:
+        self.sender = sender
+        self._cv = threading.Condition()
+        self._next: tuple[dict[str, Any], common_pb2.WeightVersion] | None = None
+        self._closed = False
+        self.last: PushResult | None = None
+        self.skipped = 0
+        self._thread = threading.Thread(target=self._run, name="weight-push-async", daemon=True)
+        self._thread.start()
+
+    def submit(self, tensors: dict[str, Any], version: common_pb2.WeightVersion) -> None:
+        with self._cv:
+            if self._next is not None:
+                self.skipped += 1  # an older version never went out; the newer one replaces it
+            self._next = (tensors, version)
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._next is None and not self._closed:
+                    self._cv.wait()
+                if self._next is None:
+                    return
+                tensors, version = self._next
+                self._next = None
+            self.last = self.sender.push(tensors, version)
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout)
