@@ -159,6 +159,24 @@ def eval_cmd(
     typer.echo(table)
 
 
+model_app = typer.Typer(help="Model kits: build the tiny model for CPU runs and tests.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("build-tiny", help="Build (or reuse from cache) the tiny Qwen2 model; prints its directory.")
+def model_build_tiny(
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Target directory (default: the cache).")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of tokenizer corpus, init and training.")] = 0,
+    train_steps: Annotated[
+        int | None, typer.Option("--train-steps", min=0, help="Training steps (0: random weights).")
+    ] = None,
+) -> None:
+    from torl.rollout.tiny_model import TinyModelSpec, build_tiny
+
+    spec = TinyModelSpec(seed=seed) if train_steps is None else TinyModelSpec(seed=seed, train_steps=train_steps)
+    typer.echo(str(build_tiny(out_dir, seed, spec)))
+
+
 @app.command("version", help="Print the torl version.")
 def version() -> None:
     from torl import __version__

@@ -1,0 +1,45 @@
+"""Prometheus metrics of the rollout service (torl_rollout_*)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from torl.common.metrics import LATENCY_BUCKETS
+
+TOKENS = Counter(
+    "torl_rollout_tokens_total", "Response tokens appended, by kind (model: sampled; observation: tool output).",
+    ["kind"],
+)
+GENERATED_TOKENS_PER_SECOND = Gauge(
+    "torl_rollout_generated_tokens_per_second", "Model tokens per second over the last finished group."
+)
+TOOL_CALLS = Counter("torl_rollout_tool_calls_total", "Tool calls by status.", ["status"])
+TOOL_CALLS_PER_RESPONSE = Histogram(
+    "torl_rollout_tool_calls_per_response", "Tool calls made by one response.", buckets=(0, 1, 2, 3, 4, 6, 8, 16, 32)
+)
+TOOL_WAIT_SECONDS = Histogram(
+    "torl_rollout_tool_wait_seconds", "Time a sequence waited for its tool result.", buckets=LATENCY_BUCKETS
+)
+SEQUENCES_IN_FLIGHT = Gauge("torl_rollout_sequences_in_flight", "Trajectories being generated now.")
+WEIGHT_VERSION_STEP = Gauge("torl_rollout_weight_version_step", "Step of the weight version now serving.")
+WEIGHT_VERSION_INCARNATION = Gauge(
+    "torl_rollout_weight_version_incarnation", "Learner incarnation of the weight version now serving."
+)
+WEIGHT_UPDATE_SECONDS = Histogram(
+    "torl_rollout_weight_update_seconds",
+    "Weight update phases: receive (stream + verify), pause (generation paused for the swap).",
+    ["phase"],
+    buckets=LATENCY_BUCKETS,
+)
+WEIGHT_UPDATES = Counter("torl_rollout_weight_updates_total", "Weight updates by outcome.", ["outcome"])
+WEIGHT_UPDATE_BYTES = Counter("torl_rollout_weight_update_bytes_total", "Bytes of accepted weight updates.")
+QUEUE_DEPTH = Gauge("torl_rollout_queue_depth", "Prompts accepted by this replica and not yet finished.")
+GROUPS = Counter("torl_rollout_groups_total", "Finished groups by destination (stream, response, dead).", ["outcome"])
+TRAJECTORIES_EXCLUDED = Counter(
+    "torl_rollout_trajectories_excluded_total", "Trajectories kept out of the loss, by cause.", ["cause"]
+)
+PROMPTS_REJECTED = Counter("torl_rollout_prompts_rejected_total", "Prompts refused, by reason.", ["reason"])
+PROMPTS_TRUNCATED = Counter("torl_rollout_prompts_truncated_total", "Prompts cut to the prompt budget.")
+GROUP_SECONDS = Histogram(
+    "torl_rollout_group_seconds", "Time to generate and score one group.", buckets=LATENCY_BUCKETS
+)

@@ -1,0 +1,133 @@
+"""Executor adapter: the one place the rollout calls the executor's gRPC contract.
+
+Tool calls from many sequences that arrive within a short window are sent together as one
+ExecuteBatch (session isolation, session id = replica id). A call that cannot reach the
+executor comes back as a `ToolResult` with `reachable=False` and the reason, never as an
+exception into the loop and never as a silent observation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+import grpc
+
+from torl.common.grpc_client import aio_channel
+from torl.v1 import common_pb2, executor_pb2, executor_pb2_grpc
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    status: int  # common_pb2.ToolStatus
+    observation: str
+    message: str
+    seconds: float
+    reachable: bool = True  # False: the executor could not be called (infrastructure failure)
+
+
+@dataclass
+class _Pending:
+    code: str
+    future: asyncio.Future[ToolResult]
+    queued_at: float
+
+
+class ExecutorTools:
+    """Batches coinciding tool calls into ExecuteBatch on one channel."""
+
+    def __init__(
+        self,
+        target: str,
+        session_id: str,
+        timeout_seconds: float = 10.0,
+        batch_window_ms: float = 2.0,
+        max_batch: int = 256,
+        deadline_seconds: float = 60.0,
+    ) -> None:
+        self.target = target
+        self.session_id = session_id
+        self.timeout_seconds = timeout_seconds
+        self.batch_window = batch_window_ms / 1000.0
+        self.max_batch = max_batch
+        self.deadline_seconds = deadline_seconds
+        self._channel = aio_channel(target, max_attempts=3)
+        self._stub = executor_pb2_grpc.ExecutorStub(self._channel)
+        self._pending: list[_Pending] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+        self.batches_sent = 0
+
+    async def run(self, code: str) -> ToolResult:
+        """Run one program; resolves when its batch returns."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[ToolResult] = loop.create_future()
+        self._pending.append(_Pending(code, fut, time.perf_counter()))
+        if len(self._pending) >= self.max_batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.batch_window, self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._pending:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            task = asyncio.create_task(self._send(batch))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        requests = [
+            executor_pb2.ExecuteRequest(
+                request_id=uuid.uuid4().hex,
+                code=p.code,
+                language="python",
+                timeout_seconds=self.timeout_seconds,
+                isolation=executor_pb2.ISOLATION_SESSION,
+                session_id=self.session_id,
+            )
+            for p in batch
+        ]
+        started = time.perf_counter()
+        try:
+            resp = await self._stub.ExecuteBatch(
+                executor_pb2.ExecuteBatchRequest(requests=requests),
+                timeout=self.timeout_seconds + self.deadline_seconds,
+            )
+            self.batches_sent += 1
+            if len(resp.responses) != len(batch):
+                raise RuntimeError(f"executor answered {len(resp.responses)} results for {len(batch)} calls")
+            for p, r in zip(batch, resp.responses, strict=True):
+                if not p.future.done():
+                    p.future.set_result(
+                        ToolResult(
+                            status=int(r.status),
+                            observation=r.observation,
+                            message=r.message,
+                            seconds=time.perf_counter() - p.queued_at,
+                        )
+                    )
+        except (grpc.aio.AioRpcError, RuntimeError) as e:
+            reason = (
+                f"executor {e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else str(e)
+            )
+            elapsed = time.perf_counter() - started
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_result(
+                        ToolResult(
+                            status=common_pb2.TOOL_STATUS_SANDBOX_ERROR,
+                            observation="",
+                            message=reason,
+                            seconds=elapsed,
+                            reachable=False,
+                        )
+                    )
+
+    async def close(self) -> None:
+        await self._channel.close()
