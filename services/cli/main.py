@@ -177,6 +177,31 @@ def model_build_tiny(
     typer.echo(str(build_tiny(out_dir, seed, spec)))
 
 
+@app.command(
+    "grade",
+    help='Grade JSONL {"prediction", "reference"} lines from stdin; print {"correct", "reward", "reason"} per line.',
+)
+def grade(
+    mode: Annotated[str, typer.Option(help="eval (boxed, then fallbacks) | training (last boxed only).")] = "eval",
+    workers: Annotated[int | None, typer.Option(help="Verifier worker processes.")] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    from torl.common.config import ConfigError
+
+    if mode not in ("eval", "training"):
+        raise ConfigError(f"config error: --mode must be eval or training, got {mode!r}")
+    all_sets = [*(sets or []), *([f"grader.workers={workers}"] if workers is not None else [])]
+    settings = build_settings("reward", config, all_sets)
+    from torl.reward.grade_cli import run_grade
+    from torl.reward.grader import Mode
+
+    errors = run_grade(sys.stdin, sys.stdout, settings.grader, Mode(mode))
+    if errors:
+        print(f"torl grade: {errors} invalid input line(s); see their 'error' fields", file=sys.stderr)
+        raise typer.Exit(1)
+
+
 @app.command("version", help="Print the torl version.")
 def version() -> None:
     from torl import __version__
