@@ -146,14 +146,34 @@ class GVisorBackend(Backend):
         self.runsc_root.mkdir(parents=True, exist_ok=True)
         self.bundles.mkdir(parents=True, exist_ok=True)
         listed = self._runsc("list", "-quiet")
-        leftovers = [n for n in listed.stdout.split() if n.startswith(self.settings.name_prefix)]
-        for name in leftovers:
-            log.warning("removing_leftover_sandbox", sandbox=name)
-            self.destroy(name)
+        for name in listed.stdout.split():
+            if self._is_leftover(name):
+                log.warning("removing_leftover_sandbox", sandbox=name)
+                self.destroy(name)
         for stale in self.bundles.iterdir():
-            if stale.name.startswith(self.settings.name_prefix):
+            if self._is_leftover(stale.name):
                 shutil.rmtree(stale, ignore_errors=True)
         make_rootfs(self.rootfs, self.layout)
+
+    def _is_leftover(self, name: str) -> bool:
+        """Ours (by prefix) and made by a process that no longer runs (names carry the owner's pid)."""
+        prefix = self.settings.name_prefix + "-"
+        if not name.startswith(prefix):
+            return False
+        parts = name[len(prefix):].split("-")
+        token = parts[1] if parts[0] == "check" and len(parts) > 1 else parts[0]
+        if not token.isdigit():
+            return True
+        owner = int(token)
+        if owner == os.getpid():
+            return True
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def launch_command(self, name: str, agent_args: list[str]) -> list[str]:
         bundle = self.bundles / name

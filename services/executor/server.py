@@ -1,17 +1,131 @@
-"""gRPC adapter of the executor service (skeleton: health, reflection and the contract; methods follow)."""
+"""Entry point of `torl executor serve`: gateway and runner roles in one asyncio loop.
+
+- role=all (default): sandbox pool + gRPC (grpc.port) + REST (rest.port) in one process.
+- role=runner: sandbox pool + gRPC only (what a gVisor runner pod runs; it trusts the gateway's
+  caller metadata, so it must be reachable only from the gateway).
+- role=gateway: REST + gRPC with API keys, forwarding runs to `runners`; runs no untrusted code.
+"""
 
 from __future__ import annotations
 
-from torl.common.grpc_server import ServiceBinding
-from torl.common.service import run_grpc_service
-from torl.executor.config import ExecutorSettings
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+from torl.common.grpc_server import ServiceBinding, start_server
+from torl.common.logging import configure_logging, get_logger
+from torl.common.metrics import start_metrics_server
+from torl.executor.auth import KeyStore
+from torl.executor.config import LOOPBACK_HOSTS, ExecutorSettings
+from torl.executor.grpc_api import ExecutorServicer, RemoteRunners, RunService
 from torl.v1 import executor_pb2_grpc
+
+log = get_logger("torl.executor")
 
 
 async def serve(settings: ExecutorSettings) -> None:
-    binding = ServiceBinding(
-        name="torl.v1.Executor",
-        servicer=executor_pb2_grpc.ExecutorServicer(),
-        add=executor_pb2_grpc.add_ExecutorServicer_to_server,
+    configure_logging(settings.log_level, settings.log_json, service="executor")
+    keys = KeyStore(settings.rest.api_keys_file) if settings.rest.api_keys_file else None
+    if keys is None and settings.rest.enabled and settings.role != "runner":
+        if settings.rest.host not in LOOPBACK_HOSTS:  # config validation forbids it; belt and braces
+            raise SystemExit("REST without API keys may bind to loopback only")
+        log.warning("rest_without_api_keys", host=settings.rest.host, note="anonymous access, loopback only")
+
+    from torl.executor.core import Executor, make_executor
+
+    executor: Executor | None = None
+    remote: RemoteRunners | None = None
+    service: RunService
+    health_facts: dict[str, Any]
+    if settings.role == "gateway":
+        remote = RemoteRunners(settings.runners, settings.grpc.max_message_mb)
+        service = remote
+        health_facts = {"backend": "remote", "weak_isolation": False, "warning": ""}
+    else:
+        executor = make_executor(settings)
+        service = executor
+        backend = executor.pool.backend
+        from torl.executor.bwrap import WEAK_WARNING
+
+        health_facts = {
+            "backend": backend.name,
+            "weak_isolation": backend.weak_isolation,
+            "warning": WEAK_WARNING if backend.weak_isolation else "",
+        }
+        await executor.pool.start(wait=True)
+
+    def health() -> dict[str, Any]:
+        pool = executor.pool.stats() if executor is not None else {}
+        return {"status": "ok", **health_facts, "pool": pool}
+
+    def ready() -> bool:
+        return executor.pool.ready if executor is not None else True
+
+    servicer = ExecutorServicer(
+        service,
+        keys,
+        settings.grpc_api_keys_required,
+        settings.grpc_default_isolation,
+        settings.limits.max_batch,
+        trust_caller_metadata=settings.role == "runner",
     )
-    await run_grpc_service(settings, [binding])
+    binding = ServiceBinding(
+        name="torl.v1.Executor", servicer=servicer, add=executor_pb2_grpc.add_ExecutorServicer_to_server
+    )
+    metrics_port = start_metrics_server(settings.metrics_port, settings.metrics_host)
+    running = await start_server(settings.grpc, [binding])
+
+    rest_server = None
+    rest_task: asyncio.Task[None] | None = None
+    rest_port = 0
+    if settings.rest.enabled and settings.role != "runner":
+        import uvicorn
+
+        from torl.executor.rest_api import create_app
+
+        app = create_app(settings, service, keys, health, ready)
+        config = uvicorn.Config(
+            app, host=settings.rest.host, port=settings.rest.port, log_level="warning", access_log=False, lifespan="off"
+        )
+        rest_server = uvicorn.Server(config)
+        # This process owns SIGTERM/SIGINT (one shutdown for gRPC, REST and the pool).
+        rest_server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        rest_task = asyncio.create_task(rest_server.serve())
+        while not rest_server.started:
+            if rest_task.done():
+                await rest_task
+                raise SystemExit(f"REST server could not start on {settings.rest.host}:{settings.rest.port}")
+            await asyncio.sleep(0.02)
+        rest_port = rest_server.servers[0].sockets[0].getsockname()[1]
+
+    log.info(
+        "serving",
+        role=settings.role,
+        grpc=f"{settings.grpc.host}:{running.port}",
+        grpc_port=running.port,
+        rest_port=rest_port,
+        metrics_port=metrics_port,
+        **health_facts,
+    )
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting_down", grace_seconds=settings.grpc.shutdown_grace_seconds)
+    await running.set_serving(False)
+    if rest_server is not None and rest_task is not None:
+        rest_server.should_exit = True
+    await running.server.stop(settings.grpc.shutdown_grace_seconds)
+    if rest_task is not None:
+        try:
+            await asyncio.wait_for(rest_task, 2.0)
+        except TimeoutError:
+            log.warning("rest_shutdown_timeout")
+    if executor is not None:
+        await executor.pool.close()
+    if remote is not None:
+        await remote.close()
+    log.info("stopped")

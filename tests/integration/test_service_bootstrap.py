@@ -14,7 +14,7 @@ from tests.conftest import ServiceProcess
 
 # service -> (full gRPC service name, one unary method, extra serve args)
 SERVICES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "executor": ("torl.v1.Executor", "Execute", ()),
+    "executor": ("torl.v1.Executor", "Execute", ("--set", "rest.port=0")),
     "reward": ("torl.v1.Reward", "Score", ()),
     "rollout": ("torl.v1.Rollout", "GetStatus", ()),
     "learner": ("torl.v1.Learner", "GetStatus", ()),
