@@ -220,6 +220,8 @@ class WeightAssembler:
         for spec in self.manifest.tensors:
             dtype = getattr(torch, spec.dtype)
             piece = raw[spec.offset : spec.offset + spec.nbytes]
+            if spec.offset % DTYPE_SIZES[spec.dtype]:
+                piece = piece.clone()  # an unaligned tensor cannot be viewed in place
             out[spec.name] = piece.view(dtype).reshape(tuple(spec.shape))
         return out
 

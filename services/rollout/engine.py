@@ -208,8 +208,8 @@ class VllmEngine:
                 await self._llm.resume_generation()
             return time.perf_counter() - t0
 
-    def shutdown(self) -> None:
-        self._llm.shutdown()
+    def shutdown(self, timeout: float = 1.0) -> None:
+        self._llm.shutdown(timeout=timeout)
 
 
 def _has_cuda() -> bool:
