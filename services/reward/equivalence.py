@@ -108,6 +108,7 @@ _SCI_TIMES_RE = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))(?:\\times|\\cdot|\*)10\^
 _POW10_RE = re.compile(r"10\^\{?([+-]?\d{1,6})\}?")
 _FRAC_RE = re.compile(r"([+-]?)\\frac\{([+-]?\d+)\}\{([+-]?\d+)\}")
 _SLASH_RE = re.compile(r"([+-]?\d+)/([+-]?\d+)")
+_MIXED_RE = re.compile(r"([+-]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")
 _REPEAT_RE = re.compile(r"([+-]?)(\d*)\.(\d*)\\overline\{(\d+)\}")
 
 
@@ -132,6 +133,10 @@ def parse_number(s: str) -> Fraction | None:
         m = _POW10_RE.fullmatch(s)
         if m and abs(int(m.group(1))) <= 400:
             return Fraction(10) ** int(m.group(1))
+        m = _MIXED_RE.fullmatch(s)
+        if m:  # a mixed number: 1\frac{4}{5} = 9/5 (the MATH convention)
+            value = int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))
+            return -value if m.group(1) == "-" else value
         m = _REPEAT_RE.fullmatch(s)
         if m:
             sign, whole, fixed, rep = m.groups()

@@ -34,6 +34,7 @@ class Extraction:
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _ANSWER_IS_RE = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?\s*", re.IGNORECASE)
+_WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
 _NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 
 
@@ -102,6 +103,13 @@ def _answer_is(text: str) -> str | None:
     return answer or None
 
 
+def _looks_bare(text: str, max_chars: int) -> bool:
+    """A short single line that is an answer, not a sentence (at most two plain words)."""
+    if not text or "\n" in text or len(text) > max_chars:
+        return False
+    return len(_WORD_RE.findall(text)) <= 2
+
+
 def extract_answer(text: str, eval_mode: bool, fallbacks: FallbackSettings) -> Extraction:
     """The answer a response gives. Training (`eval_mode=False`) uses the last boxed answer only."""
     boxed = last_boxed(text)
@@ -112,7 +120,7 @@ def extract_answer(text: str, eval_mode: bool, fallbacks: FallbackSettings) -> E
         if found:
             return Extraction(found, Source.ANSWER_IS)
     stripped = text.strip()
-    if fallbacks.bare_answer and stripped and "\n" not in stripped and len(stripped) <= fallbacks.bare_answer_max_chars:
+    if fallbacks.bare_answer and _looks_bare(stripped, fallbacks.bare_answer_max_chars):
         bare = _clean_inline(stripped)
         if bare:
             return Extraction(bare, Source.BARE)

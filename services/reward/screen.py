@@ -139,6 +139,8 @@ def screen_answer(answer: str, limits: ScreenSettings, what: str = "answer") -> 
     for m in _SCI_RE.finditer(answer):
         if abs(int(m.group(1)[:12])) > limits.max_exponent:
             return f"{what} has a decimal exponent above {limits.max_exponent}"
+    if "!!!" in answer.replace(" ", ""):
+        return f"{what} has an iterated factorial"
     for m in _FACTORIAL_RE.finditer(answer):
         if len(m.group(1)) > 12 or int(m.group(1)) > limits.max_exponent:
             return f"{what} has a factorial above {limits.max_exponent}!"
