@@ -1,0 +1,233 @@
+"""Executor benchmark: latency and throughput against bare `python3 -c`, measured in the same run.
+
+For each backend (gvisor, bwrap) and isolation (session, strict) it starts a real
+`torl executor serve` (pool sized to the cores) and measures over gRPC and REST:
+`print(1)` p50/p99, `import sympy; print(sympy.sqrt(8))` p50, and throughput with 32 concurrent
+clients, against 32 threads spawning `python3 -c` (the same interpreter). Also: a cold `runsc run`
+per request, the service's own RSS and the memory per sandbox. Writes benchmarks/results/executor.json.
+
+    nice .venv/bin/python benchmarks/bench_executor.py [--seconds 8] [--backends gvisor,bwrap]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.integration.executor_helpers import run_executor  # noqa: E402
+from torl.v1 import common_pb2, executor_pb2  # noqa: E402
+
+PYTHON = os.path.realpath(sys.executable)
+SYMPY = "import sympy; print(sympy.sqrt(8))"
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def bare_latency(code: str, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        subprocess.run([PYTHON, "-c", code], capture_output=True, check=True)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def throughput(fn: Any, clients: int, seconds: float) -> dict[str, float]:
+    stop = time.monotonic() + seconds
+    lat: list[float] = []
+    fails = 0
+    lock = threading.Lock()
+
+    def worker() -> None:
+        nonlocal fails
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            ok = fn()
+            d = time.perf_counter() - t
+            with lock:
+                lat.append(d)
+                fails += 0 if ok else 1
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.monotonic() - t0
+    return {"per_second": len(lat) / wall, "requests": len(lat), "failures": fails, "p99_seconds": pct(lat, 0.99)}
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        p, pp = map(int, line.split())
+        children.setdefault(pp, []).append(p)
+    todo, seen = [pid], []
+    while todo:
+        for c in children.get(todo.pop(), []):
+            seen.append(c)
+            todo.append(c)
+    return seen
+
+
+def cold_runsc(n: int) -> list[float]:
+    from torl.executor.config import SandboxSettings
+    from torl.executor.gvisor import GVisorBackend, oci_spec
+    from torl.executor.sandbox import build_layout
+
+    with tempfile.TemporaryDirectory() as d:
+        s = SandboxSettings(state_dir=d)
+        b = GVisorBackend(s, build_layout(s))
+        b.prepare()
+        out = []
+        for i in range(n):
+            name = f"torl-exec-{os.getpid()}-cold-{i}"
+            bundle = b.bundles / name
+            bundle.mkdir(parents=True)
+            (bundle / "config.json").write_text(json.dumps(oci_spec(b.rootfs, b.layout, [PYTHON, "-c", "print(1)"], s)))
+            t = time.perf_counter()
+            subprocess.run([b.runsc, "--root", str(b.runsc_root), "--platform=ptrace", "--network=none", "run",
+                            "--bundle", str(bundle), name], capture_output=True, check=True)
+            out.append(time.perf_counter() - t)
+            b.destroy(name)
+        return out
+
+
+def bench_backend(backend: str, seconds: float, n: int) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as d, run_executor(Path(d), f"sandbox.backend={backend}") as ex:
+        time.sleep(1.0)
+        stub = ex.stub()
+        res["service_rss_mb"] = rss_mb(ex.proc.pid)
+        sandbox_rss = sum(rss_mb(p) for p in descendants(ex.proc.pid))
+        pool = httpx.get(f"{ex.rest_url}/healthz").json()["pool"]["size"]
+        res["per_sandbox_rss_mb"] = sandbox_rss / max(1, pool)
+        for iso_name, iso in (("session", executor_pb2.ISOLATION_SESSION), ("strict", executor_pb2.ISOLATION_STRICT)):
+            def call(code: str, iso: int = iso) -> executor_pb2.ExecuteResponse:
+                return stub.Execute(executor_pb2.ExecuteRequest(code=code, isolation=iso, session_id="bench",
+                                                                timeout_seconds=10), timeout=60)
+            for _ in range(5):
+                call("print(1)")
+            lat, fails = [], 0
+            for _ in range(n):
+                t = time.perf_counter()
+                r = call("print(1)")
+                lat.append(time.perf_counter() - t)
+                fails += r.status != common_pb2.TOOL_STATUS_OK
+            sym = []
+            for _ in range(max(10, n // 3)):
+                t = time.perf_counter()
+                r = call(SYMPY)
+                sym.append(time.perf_counter() - t)
+                fails += r.observation != "2*sqrt(2)"
+            tp = throughput(lambda: call("print(1)").status == common_pb2.TOOL_STATUS_OK, 32, seconds)
+            body = {"code": "print(1)", "isolation": iso_name, "session_id": "bench"}
+            with httpx.Client() as http:
+                rest_lat = []
+                for _ in range(n):
+                    t = time.perf_counter()
+                    ok = http.post(f"{ex.rest_url}/v1/runs", json=body).json()["status"] == "ok"
+                    rest_lat.append(time.perf_counter() - t)
+                    fails += not ok
+            clients = threading.local()
+
+            def rest_call(clients: threading.local = clients, body: dict[str, str] = body) -> bool:
+                if not hasattr(clients, "c"):
+                    clients.c = httpx.Client(timeout=60)
+                return bool(clients.c.post(f"{ex.rest_url}/v1/runs", json=body).json()["status"] == "ok")
+            rest_tp = throughput(rest_call, 32, seconds)
+            res[iso_name] = {
+                "grpc_print1_p50_seconds": statistics.median(lat),
+                "grpc_print1_p99_seconds": pct(lat, 0.99),
+                "grpc_sympy_p50_seconds": statistics.median(sym),
+                "grpc_throughput": tp,
+                "rest_print1_p50_seconds": statistics.median(rest_lat),
+                "rest_throughput": rest_tp,
+                "sequential_failures": fails,
+            }
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("-n", type=int, default=60)
+    ap.add_argument("--backends", default="gvisor,bwrap")
+    args = ap.parse_args()
+    bare_lat = bare_latency("print(1)", args.n)
+    bare_tp = throughput(lambda: subprocess.run([PYTHON, "-c", "print(1)"], capture_output=True).returncode == 0,
+                         32, args.seconds)
+    result: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "python": PYTHON},
+        "gvisor_platform": "ptrace",
+        "bare": {"print1_p50_seconds": statistics.median(bare_lat), "throughput": bare_tp},
+    }
+    if "gvisor" in args.backends:
+        cold = cold_runsc(5)
+        result["cold_runsc_run_p50_seconds"] = statistics.median(cold)
+    for backend in args.backends.split(","):
+        result[backend] = bench_backend(backend, args.seconds, args.n)
+    b50 = result["bare"]["print1_p50_seconds"]
+    btp = result["bare"]["throughput"]["per_second"]
+    print(f"bare python3 -c: p50 {b50 * 1000:.1f} ms, 32-thread throughput {btp:.1f}/s")
+    if "cold_runsc_run_p50_seconds" in result:
+        c = result["cold_runsc_run_p50_seconds"]
+        print(f"cold runsc run per request: p50 {c * 1000:.0f} ms = {c / b50:.1f}x bare")
+    for backend in args.backends.split(","):
+        r = result[backend]
+        print(f"[{backend}] service RSS {r['service_rss_mb']:.0f} MB, per sandbox {r['per_sandbox_rss_mb']:.0f} MB")
+        for iso in ("session", "strict"):
+            x = r[iso]
+            x["ratios"] = {
+                "grpc_p50_vs_bare": x["grpc_print1_p50_seconds"] / b50,
+                "grpc_throughput_vs_bare": x["grpc_throughput"]["per_second"] / btp,
+                "sympy_p50_vs_print1_p50": x["grpc_sympy_p50_seconds"] / x["grpc_print1_p50_seconds"],
+                "rest_p50_vs_bare": x["rest_print1_p50_seconds"] / b50,
+                "rest_throughput_vs_bare": x["rest_throughput"]["per_second"] / btp,
+            }
+            q = x["ratios"]
+            print(f"[{backend}/{iso}] gRPC print(1) p50 {x['grpc_print1_p50_seconds'] * 1000:.1f} ms "
+                  f"({q['grpc_p50_vs_bare']:.2f}x bare), p99 {x['grpc_print1_p99_seconds'] * 1000:.0f} ms; "
+                  f"sympy p50 {q['sympy_p50_vs_print1_p50']:.2f}x print(1); "
+                  f"32 clients {x['grpc_throughput']['per_second']:.1f}/s ({q['grpc_throughput_vs_bare']:.2f}x bare), "
+                  f"p99 {x['grpc_throughput']['p99_seconds'] * 1000:.0f} ms, failures "
+                  f"{x['grpc_throughput']['failures'] + x['sequential_failures']}")
+            print(f"[{backend}/{iso}] REST print(1) p50 {x['rest_print1_p50_seconds'] * 1000:.1f} ms "
+                  f"({q['rest_p50_vs_bare']:.2f}x bare); 32 clients {x['rest_throughput']['per_second']:.1f}/s "
+                  f"({q['rest_throughput_vs_bare']:.2f}x bare), failures {x['rest_throughput']['failures']}")
+    out = REPO / "benchmarks" / "results" / "executor.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
