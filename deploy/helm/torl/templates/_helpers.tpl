@@ -114,7 +114,7 @@ The config file of one service (torl <svc> serve --config /etc/torl/config.yaml)
 
 {{/*
 Env that gives a service its Redis URL without putting the password in a ConfigMap:
-(dict "root" $ "prefix" "TORL_LEARNER_")
+(dict "root" $ "name" "TORL_LEARNER_REDIS_URL")
 */}}
 {{- define "torl.redisEnv" -}}
 - name: REDIS_PASSWORD
@@ -122,7 +122,7 @@ Env that gives a service its Redis URL without putting the password in a ConfigM
     secretKeyRef:
       name: {{ include "torl.redisSecretName" .root }}
       key: {{ .root.Values.redis.auth.existingSecretKey }}
-- name: {{ .prefix }}REDIS_URL
+- name: {{ .name }}
   value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:%s/%d" (include "torl.redisHost" .root) (include "torl.redisPort" .root) (int (ternary 0 .root.Values.redis.external.db .root.Values.redis.enabled)) | quote }}
 {{- end -}}
 
