@@ -283,7 +283,10 @@ class Run:
 
 
 class Agent:
-    def __init__(self, ctrl_in: int, ctrl_out: int, spares: int, base_env: dict[str, str]) -> None:
+    def __init__(
+        self, ctrl_in: int, ctrl_out: int, spares: int, base_env: dict[str, str], worker_max_runs: int
+    ) -> None:
+        self.worker_max_runs = worker_max_runs
         self.ctrl_in = ctrl_in
         self.ctrl_out = ctrl_out
         self.target_spares = spares
@@ -469,7 +472,7 @@ class Agent:
         proc = run.proc
         proc.run = None
         self.runs.pop(run.id, None)
-        reuse = run.mode == "session" and not kill and not proc.exited
+        reuse = run.mode == "session" and not kill and not proc.exited and proc.runs < self.worker_max_runs
         if reuse:
             self.idle_workers.setdefault(proc.session or "", []).append(proc)
         else:
@@ -614,7 +617,7 @@ def main() -> None:
     os.chmod(RUN_ROOT, 0o1777)
     gc.collect()
     gc.freeze()
-    Agent(ctrl_in, ctrl_out, int(args.get("spares", 2)), base_env).serve()
+    Agent(ctrl_in, ctrl_out, int(args.get("spares", 2)), base_env, int(args.get("worker_max_runs", 200))).serve()
 
 
 if __name__ == "__main__":

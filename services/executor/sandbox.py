@@ -110,8 +110,14 @@ class Layout:
     binds: tuple[tuple[str, str], ...]
     env: dict[str, str] = field(default_factory=dict)
 
-    def agent_args(self, preload: list[str], spares: int) -> list[str]:
-        args = {"site": [SITE_IN_SANDBOX], "preload": preload, "env": self.env, "spares": spares}
+    def agent_args(self, preload: list[str], spares: int, worker_max_runs: int) -> list[str]:
+        args = {
+            "site": [SITE_IN_SANDBOX],
+            "preload": preload,
+            "env": self.env,
+            "spares": spares,
+            "worker_max_runs": worker_max_runs,
+        }
         return [self.python, "-I", "-B", AGENT_PATH_IN_SANDBOX, json.dumps(args)]
 
 
