@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# torl learner for NVIDIA GPUs: CUDA torch + DeepSpeed (NCCL). The torch version is the one CUDA
+# vLLM pins, so the NCCL weight path can pair the two images.
+# The final stage keeps gcc, g++ and libc6-dev on purpose: DeepSpeed and Triton compile their ops
+# and kernel launchers just in time (into TORCH_EXTENSIONS_DIR / TRITON_CACHE_DIR under /tmp).
+# Build from the repository root:
+#   docker build -f docker/learner-gpu.Dockerfile -t registry.example.com/torl/torl-learner-gpu:0.1.0 .
+
+FROM python:3.11.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DS_BUILD_OPS=0
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY docker/constraints-gpu.txt docker/constraints-gpu.txt
+RUN pip install -c docker/constraints-gpu.txt grpcio-tools torch \
+ && pip install -c docker/constraints-gpu.txt deepspeed
+COPY pyproject.toml README.md ./
+COPY protos/ protos/
+COPY scripts/gen_protos.py scripts/gen_protos.py
+COPY services/ services/
+RUN python scripts/gen_protos.py \
+ && pip install -c docker/constraints-gpu.txt ".[learner-gpu]" \
+ && pip uninstall -y grpcio-tools
+
+FROM python:3.11.11-slim-bookworm
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 g++=4:12.2.0-3 libc6-dev=2.36-9+deb12u14 \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 torl \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin torl
+COPY --from=build /opt/venv /opt/venv
+COPY data/ /opt/torl/data/
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    HF_HOME=/tmp/hf TORCH_EXTENSIONS_DIR=/tmp/torch_extensions TRITON_CACHE_DIR=/tmp/triton \
+    NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 50054 9104
+HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
+  CMD ["python", "-c", "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch = grpc.insecure_channel('127.0.0.1:50054'); sys.exit(0 if g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=4).status == h.HealthCheckResponse.SERVING else 1)"]
+ENTRYPOINT ["torl"]
+CMD ["learner", "serve"]
