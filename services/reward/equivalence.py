@@ -66,7 +66,7 @@ def _unwrap_text_commands(s: str) -> str:
 def normalize(answer: str) -> str:
     """A canonical string form of an answer (the MATH normalizations plus a few more)."""
     s = answer.strip()
-    s = s.replace("\n", " ").replace("$", "").replace("\\$", "")
+    s = s.replace("\n", " ").replace("\\$", "").replace("$", "")
     s = _UNIT_SUFFIX_RE.sub(r"\1", s.strip()) if _UNIT_SUFFIX_RE.match(s.strip()) else s
     s = _unwrap_text_commands(s)
     s = _UNIT_SUFFIX_RE.sub(r"\1", s.strip()) if _UNIT_SUFFIX_RE.match(s.strip()) else s

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from torl.reward import metrics
-from torl.reward.config import GraderSettings
+from torl.reward.config import GraderSettings, PenaltySettings
 from torl.reward.equivalence import Outcome, Verdict, quick_judge
 from torl.reward.extract import Source, extract_answer
 from torl.reward.pool import VerifyPool, VerifyTask
 from torl.reward.rules import Reason, ToolStatus, reward_for
 from torl.reward.screen import screen_answer, screen_text
+
+_NO_PENALTY = PenaltySettings(enabled=False)
 
 
 class Mode(StrEnum):
@@ -153,7 +155,9 @@ class Grader:
             }[p.verdict.outcome]
             p.detail = p.verdict.method
         correct = p.reason is Reason.CORRECT
-        reward, penalized = reward_for(correct, p.item.tool_statuses, p.item.tool_rounds, self.settings.penalty)
+        # The execution penalty shapes the training signal only; eval rewards stay +1/-1.
+        penalty = self.settings.penalty if p.item.mode is Mode.TRAINING else _NO_PENALTY
+        reward, penalized = reward_for(correct, p.item.tool_statuses, p.item.tool_rounds, penalty)
         seconds = (p.finished or time.perf_counter()) - p.started
         metrics.SCORES.labels(reason=p.reason.value, mode=p.item.mode.value).inc()
         metrics.VERIFICATION_SECONDS.observe(seconds)

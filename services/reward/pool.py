@@ -88,12 +88,14 @@ class _Worker:
 class VerifyPool:
     """`submit(task)` → Future[Verdict]; never raises for an item, whatever the input does."""
 
-    def __init__(self, workers: int, item_timeout_seconds: float, memory_mb: int) -> None:
+    def __init__(
+        self, workers: int, item_timeout_seconds: float, memory_mb: int, inner_timeout_seconds: int | None = None
+    ) -> None:
         self._item_timeout = item_timeout_seconds
         self._memory_mb = memory_mb
-        # math-verify's own signal timeouts (whole seconds) fire first for slow-but-interruptible
-        # sympy work, leaving the hard kill for C-level hangs.
-        self._inner_timeout = max(1, int(item_timeout_seconds / 3))
+        # math-verify's own signal timeouts (whole seconds, per parse/verify step) fire first for
+        # slow-but-interruptible sympy work, leaving the hard kill for C-level hangs.
+        self._inner_timeout = inner_timeout_seconds or max(1, int(item_timeout_seconds / 3))
         self._tasks: queue.SimpleQueue[tuple[VerifyTask, Future[Verdict]] | None] = queue.SimpleQueue()
         self._closed = False
         self._restarts = 0
@@ -134,13 +136,11 @@ class VerifyPool:
         worker.stop(graceful=False)
         return None
 
-    def _replace(self, worker: _Worker, cause: str) -> _Worker | None:
-        worker.stop(graceful=False)
+    def _count_restart(self, cause: str, worker: _Worker) -> None:
         WORKER_RESTARTS.labels(cause=cause).inc()
         with self._lock:
             self._restarts += 1
         log.warning("verifier_worker_replaced", cause=cause, pid=worker.proc.pid)
-        return self._start_worker()
 
     def _dispatch(self) -> None:
         worker = self._start_worker()
@@ -165,9 +165,12 @@ class VerifyPool:
             except Exception as e:
                 log.error("verifier_dispatch_failed", error=repr(e))
                 verdict, cause = Verdict(Outcome.UNPARSABLE, "dispatch_error"), "crashed"
+            if cause is not None:
+                self._count_restart(cause, worker)
             fut.set_result(verdict)
             if cause is not None:
-                worker = self._replace(worker, cause)
+                worker.stop(graceful=False)
+                worker = self._start_worker()
         if worker is not None:
             worker.stop(graceful=True)
 

@@ -3,7 +3,8 @@
 The penalty (off by default; the paper saw no gain) is the reference's rule as
 /work/shared/DESIGN.md states it: subtract `amount` (0.5) whenever the last tool round had no
 successful execution, including responses with no code at all. It applies to correct and wrong
-answers alike, so the rewards with the penalty on are +1, +0.5, -1 and -1.5.
+answers alike, so the rewards with the penalty on are +1, +0.5, -1 and -1.5. It shapes the training
+signal only: eval-mode scores (see grader.py) never carry it.
 
 How the rule reads ScoreRequest's `tool_statuses` and `tool_rounds` (the contract with rollout):
 - `tool_rounds` is the number of tool rounds the response used: generation rounds that stopped

@@ -21,7 +21,7 @@ _POWER_RE = re.compile(r"\^|\*\*")
 _SCI_RE = re.compile(r"\d[eE]([+-]?\d+)")
 _FACTORIAL_RE = re.compile(r"(\d+)\s*!")
 _NUMBER_RE = re.compile(r"\d+(?:\.\d*)?|\.\d+")
-_PRODUCT_SPLIT_RE = re.compile(r"\\cdot|\\times|\*(?!\*)")
+_PRODUCT_SPLIT_RE = re.compile(r"\\cdot|\\times|(?<!\*)\*(?!\*)")
 
 
 def nesting_depth(text: str) -> int:
