@@ -143,6 +143,9 @@ def eval_cmd(
     limit: Annotated[int, typer.Option(min=0, help="First N problems per dataset (0 = all).")] = 0,
     concurrency: Annotated[int, typer.Option(min=1, max=4096, help="Problems in flight.")] = 16,
     seed: Annotated[int, typer.Option(min=0, help="Sampling seed.")] = 0,
+    max_prompt_tokens: Annotated[
+        int, typer.Option(min=1, help="Prompt budget of a locally started rollout; longer prompts are refused.")
+    ] = 1024,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/eval"),
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (default: the shipped data/).")] = None,
     rollout: Annotated[str | None, typer.Option(help="Use a running rollout at HOST:PORT.")] = None,
@@ -153,7 +156,7 @@ def eval_cmd(
 
     if not model and not rollout:
         raise typer.BadParameter("give --model DIR or --rollout HOST:PORT")
-    opts = EvalOptions(k, temperature, max_tool_calls, max_tokens, seed, concurrency)
+    opts = EvalOptions(k, temperature, max_tool_calls, max_tokens, seed, concurrency, max_prompt_tokens)
     table = run_eval(model, [d.strip() for d in datasets.split(",") if d.strip()], opts, out, limit, data_dir,
                      rollout, executor)
     typer.echo(table)

@@ -69,6 +69,8 @@ def run_eval(
                 f"deps.executor_target={executor_target}",
                 "--set",
                 f"loop.max_tool_calls={opts.max_tool_calls}",
+                "--set",
+                f"loop.max_prompt_tokens={opts.max_prompt_tokens}",
             ],
         )
         t0 = time.monotonic()

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import grpc
+
 from torl.common.datasets import Problem
 from torl.common.grpc_client import aio_channel
 from torl.evaluation.scoring import DatasetSummary, SampleRecord, markdown_table, summarize
@@ -31,6 +33,7 @@ class EvalOptions:
     max_tokens: int = 0  # 0: the rollout's configured response budget
     seed: int = 0
     concurrency: int = 8
+    max_prompt_tokens: int = 1024  # for a locally started rollout (ToRL trains with 400)
     deadline_seconds: float = 900.0
 
 
@@ -63,11 +66,25 @@ async def generate(
                     sampling=sampling,
                     skip_scoring=True,
                 )
-                resp = await stub.Generate(req, timeout=opts.deadline_seconds)
+                try:
+                    group = (await stub.Generate(req, timeout=opts.deadline_seconds)).group
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                        raise
+                    # The problem itself was refused (e.g. over the prompt budget): it counts as
+                    # k wrong, excluded samples with the reason kept, and the run goes on.
+                    group = trajectory_pb2.TrajectoryGroup(group_id=p.id)
+                    for i in range(opts.k):
+                        group.trajectories.add(
+                            trajectory_id=f"{p.id}-{i}",
+                            finish_reason=trajectory_pb2.FINISH_REASON_ERROR,
+                            excluded=True,
+                            excluded_reason=f"rejected by rollout: {e.details()}",
+                        )
             done += 1
             if progress is not None:
                 progress(done, len(problems))
-            return resp.group
+            return group
 
         return list(await asyncio.gather(*(one(p) for p in problems)))
 
