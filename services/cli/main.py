@@ -124,10 +124,11 @@ def config_show(
 def up(
     run_dir: Annotated[Path, typer.Option(help="Where logs and state go.")] = Path("runs/up"),
     check: Annotated[bool, typer.Option("--check", help="Start, print health, stop.")] = False,
+    config: ConfigOpt = None,
 ) -> None:
     from torl.cli.up import run_up
 
-    raise typer.Exit(run_up(run_dir, check))
+    raise typer.Exit(run_up(run_dir, check, config=config))
 
 
 @app.command("eval", help="Evaluate a model with the TIR loop on benchmarks (paper layout table).")
@@ -203,6 +204,34 @@ def grade(
     if errors:
         print(f"torl grade: {errors} invalid input line(s); see their 'error' fields", file=sys.stderr)
         raise typer.Exit(1)
+
+
+@app.command("train", help="Start every service locally (implies up) and run GRPO training from a config.")
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Run config, e.g. configs/demo-cpu.yaml.")],
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a learner field: --set loop.total_steps=5.")
+    ] = None,
+) -> None:
+    from torl.cli.up import run_train
+
+    raise typer.Exit(run_train(config, sets or []))
+
+
+@model_app.command("pretrain", help="Pretrain a tiny model on the synthetic ToRL corpus (staged; cached).")
+def model_pretrain(
+    out_dir: Annotated[Path, typer.Option("--out", help="Target directory.")] = Path(".cache/models/pretrained-tiny"),
+    base: Annotated[Path | None, typer.Option("--base", help="Starting model (default: build the tiny one).")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Corpus and init seed.")] = 0,
+) -> None:
+    from torl.learner.pretrain import PretrainSpec, pretrain
+
+    if base is None:
+        from torl.rollout.tiny_model import build_tiny
+
+        base = build_tiny(Path(".cache/models/tiny"))
+    out = pretrain(base, out_dir, PretrainSpec(seed=seed), progress=lambda m: typer.echo(m, err=True))
+    typer.echo(str(out))
 
 
 @app.command("version", help="Print the torl version.")

@@ -1,41 +1,268 @@
-"""`torl up`: every service as a local process on loopback, with their ports printed."""
+"""`torl up` and `torl train`: the whole system as local processes on loopback.
+
+`torl up` starts its own redis-server (own dir, AOF, noeviction), the executor (gVisor), reward,
+rollout and learner, prints where each listens, and stops them all on Ctrl-C or SIGTERM (children
+get SIGTERM in reverse order, then SIGKILL of their process groups, so no process or sandbox is
+left). `torl train --config F` does the same with the learner training: it prepares the model the
+config names (for the demo: the tiny model, pretrained on the synthetic corpus, cached), shows a
+progress bar per step, waits for the learner to finish, and writes the report (PNG plots and a
+Markdown summary).
+
+Every service validates its section of F before anything heavy starts, so a typo fails at once.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from torl.cli.local import Supervisor, free_port
+from pydantic import Field, ValidationError
+
+from torl.cli.local import Child, Supervisor, free_port
+from torl.common.config import ConfigError, StrictModel, read_config_file
 
 SERVICE_ORDER = ("executor", "reward", "rollout", "learner")
 
 
-def run_up(run_dir: Path, check: bool, timeout: float = 300.0) -> int:
+class TrainCommandSettings(StrictModel):
+    """The `train:` section of a config file (what `torl train` itself does)."""
+
+    run_dir: str = Field("runs/demo", description="Logs, Redis data, learner output and the report.")
+    run_id: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$", description="Run id (Redis key prefix).")
+    model: str = Field(
+        "pretrained-tiny",
+        description="'pretrained-tiny' (build + pretrain the demo model, cached), 'tiny' (the kit's model) or "
+        "a model directory.",
+    )
+    model_cache_dir: str = Field(".cache/models", description="Where built models are cached.")
+    start_timeout_seconds: float = Field(600.0, gt=0.0, le=7200.0, description="Wait for services to be healthy.")
+    fresh: bool = Field(True, description="Start from scratch: clear run_dir's learner output and Redis data.")
+    report: bool = Field(True, description="Write plots and summary.md when training finishes.")
+
+
+def load_train_section(config: Path | None) -> TrainCommandSettings:
+    data = read_config_file(config, "train") if config is not None else {}
+    try:
+        return TrainCommandSettings(**data)
+    except ValidationError as e:
+        lines = [f"config error: train.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+@dataclass
+class Stack:
+    """Ports and children of a running local system."""
+
+    run_dir: Path
+    run_id: str
+    redis_port: int
+    ports: dict[str, int]
+    children: dict[str, Child] = field(default_factory=dict)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def target(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+
+def service_sets(stack: Stack, model_dir: str, train: bool) -> dict[str, list[str]]:
+    """The `--set` wiring that connects the services to each other and to our Redis."""
+    rd = stack.run_dir.resolve()
+    sets: dict[str, list[str]] = {
+        "executor": [
+            f"rest.port={free_port()}",
+            f"sandbox.state_dir={rd / 'executor-state'}",
+            f"sandbox.name_prefix=torl-up-{os.getpid()}",
+        ],
+        "reward": [],
+        "rollout": [
+            f"queue.redis_url={stack.redis_url}",
+            f"queue.run_id={stack.run_id}",
+            f"deps.executor_target={stack.target('executor')}",
+            f"deps.reward_target={stack.target('reward')}",
+        ],
+        "learner": [
+            f"redis_url={stack.redis_url}",
+            f"run_id={stack.run_id}",
+            f'weight_sync.replicas=["{stack.target("rollout")}"]',
+            f"output_dir={rd / 'learner'}",
+        ],
+    }
+    if model_dir:
+        sets["rollout"].append(f"engine.model_dir={model_dir}")
+        sets["learner"].append(f"model_dir={model_dir}")
+    if train:
+        sets["learner"].append("train=true")
+    return sets
+
+
+def validate_all(config: Path | None, sets: dict[str, list[str]]) -> None:
+    """Every service's effective config, validated before anything starts (ConfigError on a typo)."""
+    from torl.cli.main import build_settings
+
+    for name in SERVICE_ORDER:
+        build_settings(name, config, sets[name])
+
+
+def start_stack(sup: Supervisor, stack: Stack, config: Path | None, sets: dict[str, list[str]],
+                timeout: float) -> None:
+    """Redis first, then the services in dependency order, each waited for until healthy."""
+    print(f"starting redis-server on 127.0.0.1:{stack.redis_port}", flush=True)
+    redis_child = sup.start_redis(stack.redis_port, stack.run_dir / "redis")
+    sup.wait_healthy(redis_child, 30)
+    stack.children["redis"] = redis_child
+    for name in SERVICE_ORDER:
+        extra = ["--metrics-port", "0"]
+        if config is not None:
+            extra += ["--config", str(config)]
+        for s in sets[name]:
+            extra += ["--set", s]
+        print(f"starting {name:<9} ...", end="", flush=True)
+        t0 = time.monotonic()
+        child = sup.start_service(name, stack.ports[name], extra)
+        sup.wait_healthy(child, timeout)
+        stack.children[name] = child
+        print(f" SERVING on {child.grpc_target} ({time.monotonic() - t0:.1f}s, log {child.log_path})", flush=True)
+
+
+def _install_sigterm() -> None:
+    def _raise(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+def run_up(run_dir: Path, check: bool, timeout: float = 300.0, config: Path | None = None) -> int:
     """Start all services; with `check`, print their health and stop; else run until Ctrl-C."""
     ports = {name: free_port() for name in SERVICE_ORDER}
+    stack = Stack(run_dir, "up", free_port(), ports)
+    sets = service_sets(stack, "", train=False)
+    validate_all(config, sets)
+    _install_sigterm()
     with Supervisor(run_dir / "logs") as sup:
-        children = [sup.start_service(name, ports[name], ["--metrics-port", "0"]) for name in SERVICE_ORDER]
-        for child in children:
-            sup.wait_healthy(child, timeout)
-            print(f"  {child.name:<9} SERVING  grpc {child.grpc_target}  log {child.log_path}", flush=True)
-        if check:
-            print("all services healthy; stopping (--check)")
-            return 0
-        print("all services healthy; Ctrl-C stops them")
-        stopping = False
-
-        def _stop(*_: object) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, _stop)
         try:
-            while not stopping:
+            start_stack(sup, stack, config, sets, timeout)
+            if check:
+                print("all services healthy; stopping (--check)")
+                return 0
+            print(f"all services healthy (redis {stack.redis_url}); Ctrl-C stops them", flush=True)
+            while True:
                 sup.check_alive()
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            pass
-        print("stopping services", file=sys.stderr)
+            print("\nstopping services", file=sys.stderr)
+        finally:
+            sup.stop_all()
     return 0
+
+
+def prepare_model(cfg: TrainCommandSettings) -> str:
+    """The model directory the run starts from (built and cached for the tiny choices)."""
+    if cfg.model not in ("tiny", "pretrained-tiny"):
+        if not Path(cfg.model, "config.json").is_file():
+            raise ConfigError(f"config error: train.model: {cfg.model} is not a model directory (no config.json)")
+        return str(Path(cfg.model).resolve())
+    from torl.rollout.tiny_model import build_tiny
+
+    cache = Path(cfg.model_cache_dir).resolve()
+    t0 = time.monotonic()
+    print("building the tiny model (cached after the first run) ...", flush=True)
+    base = build_tiny(cache / "tiny")
+    print(f"  tiny model ready: {base} ({time.monotonic() - t0:.0f}s)", flush=True)
+    if cfg.model == "tiny":
+        return str(base)
+    from torl.learner.pretrain import pretrain
+
+    t0 = time.monotonic()
+    print("pretraining it on the synthetic ToRL corpus (cached after the first run) ...", flush=True)
+    out = pretrain(base, cache / "pretrained-tiny", progress=lambda s: print(f"  {s}", flush=True))
+    print(f"  pretrained model ready: {out} ({time.monotonic() - t0:.0f}s)", flush=True)
+    return str(out)
+
+
+def _progress_line(row: dict[str, Any], total: int, width: int = 24) -> str:
+    step = int(row["step"])
+    filled = int(width * step / max(total, 1))
+    bar = "#" * filled + "-" * (width - filled)
+    return (f"[{bar}] step {step:>4}/{total}  reward {row['reward_mean']:+.2f}  acc {row['accuracy']:.2f}  "
+            f"tool {row['tool_use_rate']:.2f}  len {row['response_tokens']:.0f}  {row['step_seconds']:.1f}s/step")
+
+
+def follow_training(learner: Child, metrics_path: Path, total: int) -> int:
+    """Print one progress line per step until the learner exits; its exit code."""
+    assert learner.proc is not None
+    seen = 0
+    while True:
+        done = learner.proc.poll() is not None
+        if metrics_path.is_file():
+            lines = metrics_path.read_text(encoding="utf-8").splitlines()
+            for line in lines[seen:]:
+                row = json.loads(line)
+                if "reward_mean" in row:
+                    print(_progress_line(row, total), flush=True)
+                elif "eval_accuracy" in row:
+                    print(f"  eval @ step {row['step']}: accuracy {row['eval_accuracy']:.2f}  "
+                          f"reward {row['eval_reward_mean']:+.2f}  tool {row['eval_tool_use_rate']:.2f}", flush=True)
+            seen = len(lines)
+        if done:
+            return int(learner.proc.returncode or 0)
+        time.sleep(1.0)
+
+
+def run_train(config: Path, sets_extra: list[str] | None = None) -> int:
+    """`torl train --config F`: up + training + report."""
+    import shutil
+
+    from torl.cli.main import build_settings
+
+    cfg = load_train_section(config)
+    run_dir = Path(cfg.run_dir)
+    ports = {name: free_port() for name in SERVICE_ORDER}
+    stack = Stack(run_dir, cfg.run_id, free_port(), ports)
+    # Validate first with a placeholder model dir; the real one is built below.
+    sets = service_sets(stack, "", train=False)
+    sets["learner"] += list(sets_extra or [])
+    validate_all(config, sets)
+    if cfg.fresh:
+        for sub in ("learner", "redis", "logs", "executor-state"):
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _install_sigterm()
+    t_start = time.monotonic()
+    with Supervisor(run_dir / "logs") as sup:
+        try:
+            model_dir = prepare_model(cfg)
+            sets = service_sets(stack, model_dir, train=True)
+            sets["learner"] += list(sets_extra or [])
+            learner_settings: Any = build_settings("learner", config, sets["learner"])
+            start_stack(sup, stack, config, sets, cfg.start_timeout_seconds)
+            total = int(learner_settings.loop.total_steps)
+            print(f"training {total} steps (run {cfg.run_id}; learner log {stack.children['learner'].log_path})",
+                  flush=True)
+            rc = follow_training(stack.children["learner"], Path(learner_settings.output_dir) / "metrics.jsonl",
+                                 total)
+            if rc != 0:
+                log_tail = stack.children["learner"].log_path.read_text(errors="replace").splitlines()[-20:]
+                print("learner failed:\n" + "\n".join(log_tail), file=sys.stderr)
+                return 1
+            if cfg.report:
+                from torl.learner.report import write_report
+
+                summary = write_report(Path(learner_settings.output_dir))
+                print(f"\nreport: {summary.parent} (plots + summary.md)\n")
+                print(summary.read_text(encoding="utf-8").split("![")[0])
+            print(f"done in {time.monotonic() - t_start:.0f}s", flush=True)
+            return 0
+        except KeyboardInterrupt:
+            print("\nstopping services", file=sys.stderr)
+            return 130
+        finally:
+            sup.stop_all()
