@@ -157,9 +157,15 @@ def eval_cmd(
 
     if not model and not rollout:
         raise typer.BadParameter("give --model DIR or --rollout HOST:PORT")
+    from torl.common.datasets import DatasetError
+
     opts = EvalOptions(k, temperature, max_tool_calls, max_tokens, seed, concurrency, max_prompt_tokens)
-    table = run_eval(model, [d.strip() for d in datasets.split(",") if d.strip()], opts, out, limit, data_dir,
-                     rollout, executor)
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    try:
+        table = run_eval(model, names, opts, out, limit, data_dir, rollout, executor)
+    except DatasetError as e:
+        typer.echo(f"dataset error: {e}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(table)
 
 
