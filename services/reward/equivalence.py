@@ -37,8 +37,8 @@ _ASSIGN_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?!.*=)")
 _CHOICE_RE = re.compile(r"^\(?([A-Ea-e])\)?$")
 _UNIT_WORDS = (
     "square units|square feet|square inches|square meters|square centimeters|sq units|units|unit|"
-    "dollars|dollar|cents|cent|degrees|degree|cm|mm|km|m|meters|meter|centimeters|inches|inch|feet|foot|"
-    "miles|mile|mph|hours|hour|minutes|minute|seconds|second|days|day|weeks|years|grams|kg|g|liters|ml|"
+    "dollars|dollar|cents|cent|degrees|degree|cm|mm|km|meters|meter|centimeters|inches|inch|feet|foot|"
+    "miles|mile|mph|hours|hour|minutes|minute|seconds|second|days|day|weeks|years|grams|kg|liters|ml|"
     "pounds|ounces|people|students|ways|points|times"
 )
 _UNIT_SUFFIX_RE = re.compile(rf"^(.*?\d)\s*(?:\\text\{{\s*(?:{_UNIT_WORDS})\s*\}}|(?:{_UNIT_WORDS}))(?:\^[23])?$")
