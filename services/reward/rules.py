@@ -46,6 +46,11 @@ class ToolStatus(StrEnum):
     SANDBOX_ERROR = "sandbox_error"
     REJECTED = "rejected"
 
+    @classmethod
+    def _missing_(cls, value: object) -> ToolStatus | None:
+        # "unspecified" is the proto's name for a round where nothing ran.
+        return cls.NONE if isinstance(value, str) and value.lower() == "unspecified" else None
+
 
 def last_round_failed(tool_statuses: Sequence[ToolStatus], tool_rounds: int) -> bool:
     """True when the last tool round had no successful execution (see the module docstring)."""

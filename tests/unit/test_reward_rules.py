@@ -44,3 +44,10 @@ def test_penalty_subtracts_half_from_correct_and_wrong_alike() -> None:
     assert reward_for(False, (), 0, on) == (-1.5, True)
     assert reward_for(False, (OK,), 1, on) == (-1.0, False)
     assert reward_for(True, (ERR,), 1, PenaltySettings(enabled=True, amount=0.25)) == (0.75, True)
+
+
+def test_proto_status_names_map_onto_tool_status() -> None:
+    assert ToolStatus("unspecified") is ToolStatus.NONE
+    assert ToolStatus("sandbox_error") is ToolStatus.SANDBOX_ERROR
+    with pytest.raises(ValueError):
+        ToolStatus("bogus")
