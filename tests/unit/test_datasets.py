@@ -44,7 +44,7 @@ def test_user_files(tmp_path: Path) -> None:
         load_benchmark(str(bad))
     broken = tmp_path / "broken.jsonl"
     broken.write_text("{not json\n")
-    with pytest.raises(DatasetError, match="broken.jsonl:1: not valid JSON"):
+    with pytest.raises(DatasetError, match=r"broken\.jsonl:1: not valid JSON"):
         load_benchmark(str(broken))
     with pytest.raises(DatasetError, match="unknown dataset 'nope'"):
         load_benchmark("nope")
