@@ -98,39 +98,43 @@ def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> di
 
 
 def training() -> dict[str, Any]:
-    scores = f"sum(rate(torl_reward_scores_total[{RATE}]))"
-    responses = f"sum(rate(torl_rollout_tool_calls_per_response_count[{RATE}]))"
-    return dashboard("torl-training", "torl / training", "Reward, accuracy, tool use, response length, weight "
-                     "versions and where step time goes.", [
-        Panel("Accuracy (share of responses scored correct)", [
-            (f'sum by (mode) (rate(torl_reward_scores_total{{reason="correct"}}[{RATE}])) '
-             f"/ sum by (mode) (rate(torl_reward_scores_total[{RATE}]))", "{{mode}}")], unit="percentunit"),
-        Panel("Mean reward (+1 correct, -1 otherwise, -0.5 when penalized)", [
-            (f'(2 * sum(rate(torl_reward_scores_total{{reason="correct"}}[{RATE}])) - {scores} '
-             f"- 0.5 * sum(rate(torl_reward_penalties_total[{RATE}]))) / {scores}", "mean reward")],
+    return dashboard("torl-training", "torl / training", "The learner's view of the run: reward, accuracy, tool "
+                     "use, response length, staleness, where step time goes, the Redis buffer.", [
+        Panel("Mean reward (last step)", [("torl_learner_reward_mean", "mean reward")],
               extra_defaults={"min": -1.5, "max": 1}),
-        Panel("Reward reasons", [(f"sum by (reason) (rate(torl_reward_scores_total[{RATE}]))", "{{reason}}")],
-              unit="ops", stack=True),
-        Panel("Tool-use rate (responses with at least one call)", [
-            (f'1 - sum(rate(torl_rollout_tool_calls_per_response_bucket{{le=~"0|0.0"}}[{RATE}])) / {responses}',
-             "tool-use rate")], unit="percentunit"),
-        Panel("Tool calls per response", [
-            (f"sum(rate(torl_rollout_tool_calls_per_response_sum[{RATE}])) / {responses}", "mean")]),
-        Panel("Response length (tokens per response)", [
-            (f"sum by (kind) (rate(torl_rollout_tokens_total[{RATE}])) / ignoring(kind) group_left {responses}",
-             "{{kind}}")], stack=True),
-        Panel("Weight version served (step) per replica", [
-            ("max by (instance) (torl_rollout_weight_version_step)", "{{instance}}")]),
+        Panel("Accuracy: training responses and held-out eval", [
+            ("torl_learner_accuracy_ratio", "train (last step)"),
+            ("torl_learner_eval_accuracy_ratio", "held-out eval")], unit="percentunit"),
+        Panel("Reward reasons of trained responses", [
+            (f"sum by (reason) (rate(torl_learner_rewards_total[{RATE}]))", "{{reason}}")], unit="ops", stack=True),
+        Panel("Tool-use rate and code error rate", [
+            ("torl_learner_tool_use_ratio", "responses calling the tool"),
+            ("torl_learner_code_error_ratio", "tool calls not ok")], unit="percentunit"),
+        Panel("Tool calls per response", [("torl_learner_tool_calls_per_response", "mean")]),
+        Panel("Response length (tokens, mean)", [("torl_learner_response_tokens", "tokens")]),
+        Panel("Optimizer step", [("max(torl_learner_step)", "step")]),
+        Panel("Staleness of applied groups (weight versions)",
+              quantiles("torl_learner_staleness_versions", qs=(0.5, 0.9, 1.0))),
+        Panel("Step time breakdown by phase (p50)",
+              quantiles("torl_learner_step_seconds", by="phase", qs=(0.5,)), unit="s", stack=True),
+        Panel("Step time: weight push and checkpoint (p90)", [
+            *[(e, "weight push " + lg) for e, lg in quantiles("torl_learner_weight_push_seconds", qs=(0.9,))],
+            *[(e, "checkpoint " + lg) for e, lg in quantiles("torl_learner_checkpoint_seconds", qs=(0.9,))]],
+              unit="s"),
+        Panel("Trajectory groups by outcome", [
+            (f"sum by (outcome) (rate(torl_learner_groups_total[{RATE}]))", "{{outcome}}")], unit="ops", stack=True),
+        Panel("Clip fraction and importance ratio", [
+            ("torl_learner_clip_fraction_ratio", "clip fraction"),
+            ("torl_learner_importance_ratio", "importance ratio {{stat}}")]),
         Panel("Weight version lag behind the newest replica (steps)", [
             ("max(torl_rollout_weight_version_step) - on() group_right torl_rollout_weight_version_step",
              "{{instance}}")]),
-        Panel("Step time: generate + score one group", quantiles("torl_rollout_group_seconds"), unit="s"),
-        Panel("Step time: waiting for tool results", quantiles("torl_rollout_tool_wait_seconds"), unit="s"),
-        Panel("Step time: weight update by phase (p90)",
-              quantiles("torl_rollout_weight_update_seconds", by="phase", qs=(0.9,)), unit="s"),
-        Panel("Trajectories excluded from the loss (infrastructure)", [
-            (f"sum by (cause) (rate(torl_rollout_trajectories_excluded_total[{RATE}]))", "{{cause}}")],
-              unit="ops", stack=True),
+        Panel("Weight push failures by replica", [
+            (f"sum by (replica) (increase(torl_learner_weight_push_failures_total[{RATE}]))", "{{replica}}")]),
+        Panel("Redis: stream lengths and groups pending ack", [
+            ("max by (stream) (torl_learner_stream_length)", "{{stream}}"),
+            ("max(torl_learner_pending_groups)", "pending ack")]),
+        Panel("Redis memory", [("max(torl_learner_redis_memory_bytes)", "used_memory")], unit="bytes"),
     ])
 
 
@@ -163,7 +167,14 @@ def rollout() -> dict[str, Any]:
         Panel("Prompts rejected / truncated", [
             (f"sum by (reason) (rate(torl_rollout_prompts_rejected_total[{RATE}]))", "rejected {{reason}}"),
             (f"sum(rate(torl_rollout_prompts_truncated_total[{RATE}]))", "truncated")], unit="ops"),
-        Panel("Group time", quantiles("torl_rollout_group_seconds"), unit="s"),
+        Panel("Group time (generate + score)", quantiles("torl_rollout_group_seconds"), unit="s"),
+        Panel("Tool-use rate (responses with at least one call)", [
+            (f'1 - sum(rate(torl_rollout_tool_calls_per_response_bucket{{le=~"0|0.0"}}[{RATE}])) '
+             f"/ sum(rate(torl_rollout_tool_calls_per_response_count[{RATE}]))", "tool-use rate")],
+              unit="percentunit"),
+        Panel("Trajectories excluded from the loss (infrastructure)", [
+            (f"sum by (cause) (rate(torl_rollout_trajectories_excluded_total[{RATE}]))", "{{cause}}")],
+              unit="ops", stack=True),
     ])
 
 
