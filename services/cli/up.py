@@ -113,13 +113,13 @@ def validate_all(config: Path | None, sets: dict[str, list[str]]) -> None:
 
 
 def start_stack(sup: Supervisor, stack: Stack, config: Path | None, sets: dict[str, list[str]],
-                timeout: float) -> None:
-    """Redis first, then the services in dependency order, each waited for until healthy."""
+                timeout: float, services: tuple[str, ...] = SERVICE_ORDER) -> None:
+    """Redis first, then `services` in dependency order, each waited for until healthy."""
     print(f"starting redis-server on 127.0.0.1:{stack.redis_port}", flush=True)
     redis_child = sup.start_redis(stack.redis_port, stack.run_dir / "redis")
     sup.wait_healthy(redis_child, 30)
     stack.children["redis"] = redis_child
-    for name in SERVICE_ORDER:
+    for name in services:
         extra = ["--metrics-port", "0"]
         if config is not None:
             extra += ["--config", str(config)]

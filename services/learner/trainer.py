@@ -203,6 +203,10 @@ class Trainer:
             self.outstanding.pop(g.group_id, None)
         self.unacked.extend(data.entry_ids)
         self.counters.applied += len(data.groups)
+        # Audit trail: which groups each (incarnation, step) applied; resume tests replay it.
+        with (self.out / "applied.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"incarnation": self.incarnation, "step": self.step,
+                                "group_ids": [g.group_id for g in data.groups], "entry_ids": data.entry_ids}) + "\n")
         t_train = time.perf_counter()
 
         self.phase = "pushing_weights"
