@@ -110,7 +110,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             timeout=300,
         )
         procs.append(rollout)
-        channel = grpc.insecure_channel(f"127.0.0.1:{rollout_port}", options=[("grpc.max_send_message_length", 1 << 28)])
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{rollout_port}", options=[("grpc.max_send_message_length", 1 << 28)]
+        )
         yield Stack(tmp, model_dir, executor_port, executor, rollout, f"redis://127.0.0.1:{redis_port}/0", "itest",
                     rollout_pb2_grpc.RolloutStub(channel))
         channel.close()

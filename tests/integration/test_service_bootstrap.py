@@ -36,7 +36,8 @@ def list_services(target: str) -> set[str]:
 @pytest.mark.parametrize("service", list(SERVICES))
 def test_serve_health_reflection_sigterm(service: str, start_service: Callable[..., ServiceProcess]) -> None:
     full_name, method, extra = SERVICES[service]
-    sp = start_service(service, *extra)
+    # rollout builds the cached tiny model (first run only) and starts vLLM before it serves.
+    sp = start_service(service, *extra, timeout=300.0 if service == "rollout" else 60.0)
     names = list_services(sp.target)
     assert full_name in names
     assert "grpc.health.v1.Health" in names

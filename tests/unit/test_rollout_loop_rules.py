@@ -77,7 +77,7 @@ def test_overrides() -> None:
 
 
 def test_config_rejects_bad_values() -> None:
-    with pytest.raises(ConfigError, match="rollout.loop.max_tool_calls"):
+    with pytest.raises(ConfigError, match=r"rollout\.loop\.max_tool_calls"):
         load_settings(RolloutSettings, overrides={"loop": {"max_tool_calls": -1}})
     with pytest.raises(ConfigError, match="prompt_template"):
         load_settings(RolloutSettings, overrides={"loop": {"prompt_template": "no field"}})

@@ -68,7 +68,7 @@ def test_inconsistent_manifest_is_rejected() -> None:
     m = rollout_pb2.WeightManifest()
     m.CopyFrom(chunks[0].manifest)
     m.tensors[0].shape[:] = [7, 6]
-    with pytest.raises(WeightStreamError, match="a.weight"):
+    with pytest.raises(WeightStreamError, match=r"a\.weight"):
         assemble([rollout_pb2.WeightChunk(manifest=m), *chunks[1:]])
     m2 = rollout_pb2.WeightManifest()
     m2.CopyFrom(chunks[0].manifest)
