@@ -44,12 +44,13 @@ class Stage:
     tool_fraction: float
     steps: int
     lr: float
+    short_fraction: float = 0.0  # share of transcripts without the template preamble
 
 
 @dataclass(frozen=True)
 class PretrainSpec:
     seed: int = 0
-    stages: tuple[Stage, ...] = field(default_factory=lambda: (Stage(0.85, 300, 2e-3), Stage(0.3, 60, 5e-4)))
+    stages: tuple[Stage, ...] = field(default_factory=lambda: (Stage(0.85, 500, 3e-3, 0.6), Stage(0.3, 60, 5e-4)))
     batch_size: int = 16
     seq_len: int = 256
     direct_correct_fraction: float = 0.05  # a direct answer is rarely right
@@ -59,11 +60,15 @@ class PretrainSpec:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def transcript(rng: random.Random, tool: bool, direct_correct_fraction: float = 0.05) -> str:
-    """One prompt + response in the ToRL format: code + observation + boxed copy, or a direct guess."""
+def transcript(rng: random.Random, tool: bool, direct_correct_fraction: float = 0.05, short: bool = False) -> str:
+    """One prompt + response in the ToRL format: code + observation + boxed copy, or a direct guess.
+
+    `short` drops the template's fixed preamble: the same copying lessons (problem → code, output →
+    \\boxed{}) in about half the tokens, which matters at ~1M parameters on 2 CPU cores.
+    """
     problem, answer = arith_problem(rng)
     expr = problem.removeprefix("What is ").removesuffix("?")
-    prompt = TEMPLATE.format(problem=problem)
+    prompt = f"{problem}\nAssistant:" if short else TEMPLATE.format(problem=problem)
     if tool:
         response = (
             f"{rng.choice(_TOOL_OPENERS)}\n```python\nprint({expr})\n```\n```output\n{answer}\n```\n"
@@ -149,7 +154,8 @@ def _run_stage(model: object, tok: object, stage: Stage, spec: PretrainSpec, rng
     loss_value = float("nan")
     for step in range(stage.steps):
         while len(stream) < need:
-            text = transcript(rng, rng.random() < stage.tool_fraction, spec.direct_correct_fraction)
+            text = transcript(rng, rng.random() < stage.tool_fraction, spec.direct_correct_fraction,
+                              short=rng.random() < stage.short_fraction)
             stream.extend(tok.encode(text))  # type: ignore[attr-defined]
         batch = torch.tensor(stream[:need], dtype=torch.long).view(spec.batch_size, spec.seq_len)
         del stream[:need]
@@ -189,5 +195,7 @@ def tool_use_probe(model_dir: str | Path, problems: Sequence[str], max_new_token
         gen = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0,
                              max_new_tokens=max_new_tokens, pad_token_id=pad)
     texts = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
-    tool = sum(1 for t in texts if "```python" in t)
-    return {"tool_use_rate": tool / max(len(texts), 1), "samples": float(len(texts))}
+    tool = [(p, t) for p, t in zip(problems, texts, strict=True) if "```python" in t]
+    copied = sum(1 for p, t in tool if f"print({p.removeprefix('What is ').removesuffix('?')})" in t)
+    return {"tool_use_rate": len(tool) / max(len(texts), 1), "samples": float(len(texts)),
+            "code_copies_problem": copied / max(len(tool), 1)}
