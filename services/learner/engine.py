@@ -140,9 +140,13 @@ class TrainEngine:
         t1 = time.perf_counter()
         grad_norm = 0.0
         if n_micro:
+            if self.cfg.zero_stage == 0:  # grads live on the parameters; DeepSpeed reports no norm here
+                grads = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
+                grad_norm = float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
             self.engine.step()
             norm = self.engine.get_global_grad_norm()
-            grad_norm = float(norm) if norm is not None else 0.0
+            if self.cfg.zero_stage > 0 and norm is not None:
+                grad_norm = float(norm)
         t2 = time.perf_counter()
         return StepResult(loss_sum, stats, grad_norm, t1 - t0, t2 - t1, n_micro, len(samples))
 
