@@ -235,7 +235,7 @@ def model_pretrain(
     if base is None:
         from torl.rollout.tiny_model import build_tiny
 
-        base = build_tiny(Path(".cache/models/tiny"))
+        base = build_tiny()
     out = pretrain(base, out_dir, PretrainSpec(seed=seed), progress=lambda m: typer.echo(m, err=True))
     typer.echo(str(out))
 

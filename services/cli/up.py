@@ -175,7 +175,7 @@ def prepare_model(cfg: TrainCommandSettings) -> str:
     cache = Path(cfg.model_cache_dir).resolve()
     t0 = time.monotonic()
     print("building the tiny model (cached after the first run) ...", flush=True)
-    base = build_tiny(cache / "tiny")
+    base = build_tiny()  # the kit's own cache ($TORL_CACHE_DIR or ~/.cache/torl), shared with tests
     print(f"  tiny model ready: {base} ({time.monotonic() - t0:.0f}s)", flush=True)
     if cfg.model == "tiny":
         return str(base)
