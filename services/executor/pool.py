@@ -1,10 +1,11 @@
 """The pool of pre-started sandboxes and the fair dispatch of runs onto them.
 
 Each sandbox belongs to at most one *tenant* at a time: a caller's strict runs
-(`strict:<caller>`) or one caller's session (`session:<caller>:<session_id>`), so runs of
-different callers never share a sandbox or a worker. A fresh sandbox is claimed by the first
-tenant that needs one; a tenant with no sandbox left takes one over from the tenant holding the
-most, which is drained and restarted clean first (handover). Sandboxes are also replaced after
+(`strict:<caller>`) or a caller's session runs (`session:<caller>`; inside the sandbox each
+session id gets its own workers), so runs of different callers never share a sandbox or a
+worker. A fresh sandbox is claimed by the first tenant that needs one; a tenant with no sandbox
+left takes one over from the tenant holding the most, which is drained and restarted clean first
+(handover). Sandboxes are also replaced after
 `recycle_after_runs` runs and after any fault; replacements start in the background, off the
 request path.
 
