@@ -13,6 +13,8 @@ from torl.v1 import common_pb2, executor_pb2
 
 pytestmark = pytest.mark.timeout(240)
 SESSION = executor_pb2.ISOLATION_SESSION
+STRICT = executor_pb2.ISOLATION_STRICT
+MAX_QUEUE = 100
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,12 @@ def ex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executor]:
     require_binary("bwrap")
     tmp = tmp_path_factory.mktemp("bwrap-executor")
     with run_executor(
-        tmp, "sandbox.backend=bwrap", "pool.size=1", "pool.slots_per_sandbox=1", "pool.worker_recycle_after_runs=3"
+        tmp,
+        "sandbox.backend=bwrap",
+        "pool.size=1",
+        "pool.slots_per_sandbox=1",
+        "pool.worker_recycle_after_runs=3",
+        f"pool.max_queue={MAX_QUEUE}",
     ) as e:
         yield e
 
@@ -51,3 +58,26 @@ def test_no_host_files_no_network_no_leftover_files(ex: Executor) -> None:
     r = execute(stub, code)
     assert r.stdout == "False False 65534\nnonet\n", r.stderr
     assert execute(stub, "import os; print(os.path.exists('/tmp/x'))").observation == "False"
+
+
+def test_thousand_concurrent_requests_over_the_queue_limit(ex: Executor) -> None:
+    """1,000 concurrent strict runs on one slot with a queue of 100: each is answered, either run or
+    rejected with status REJECTED and a message naming the full queue; none is lost or hangs."""
+    stub = ex.stub()
+    n = 1000
+    futures = [
+        stub.Execute.future(
+            executor_pb2.ExecuteRequest(code=f"print({i} + 5)", request_id=f"q{i}", isolation=STRICT), timeout=180
+        )
+        for i in range(n)
+    ]
+    results = [f.result() for f in futures]  # a hung call would raise DEADLINE_EXCEEDED here
+    assert [r.request_id for r in results] == [f"q{i}" for i in range(n)]
+    ran = [(i, r) for i, r in enumerate(results) if r.status == common_pb2.TOOL_STATUS_OK]
+    rejected = [r for r in results if r.status == common_pb2.TOOL_STATUS_REJECTED]
+    assert len(ran) + len(rejected) == n, {r.status for r in results}
+    assert all(r.observation == str(i + 5) for i, r in ran)
+    assert len(ran) >= MAX_QUEUE  # the queue was used, not bypassed
+    assert rejected, "1,000 runs on one slot with a queue of 100 must overflow"
+    assert all(f"queue is full ({MAX_QUEUE} runs waiting)" in r.message for r in rejected)
+    assert_still_serves(stub)

@@ -245,6 +245,38 @@ def test_many_concurrent_requests_none_lost(ex: Executor) -> None:
     assert [r.observation for r in results] == [str(i + 1) for i in range(n)]
 
 
+def test_thousand_concurrent_calls_and_a_thousand_run_batch_none_lost(ex: Executor) -> None:
+    """1,000 concurrent Execute calls plus one ExecuteBatch of 1,000 runs on a pool of 2 sandboxes x 2
+    slots: every call is answered (queued, not dropped), in order, with its own result."""
+    stub = ex.stub()
+    n = 1000
+    futures = [
+        stub.Execute.future(
+            executor_pb2.ExecuteRequest(code=f"print({i} * 3)", request_id=f"c{i}", isolation=SESSION,
+                                        session_id=f"flood-{i % 4}"),
+            timeout=240,
+        )
+        for i in range(n)
+    ]
+    batch = stub.ExecuteBatch.future(
+        executor_pb2.ExecuteBatchRequest(requests=[
+            executor_pb2.ExecuteRequest(code=f"print({i} - 1)", request_id=f"b{i}", isolation=SESSION,
+                                        session_id="flood-batch")
+            for i in range(n)
+        ]),
+        timeout=240,
+    )
+    results = [f.result() for f in futures]
+    assert [(r.request_id, r.status, r.observation) for r in results] == [
+        (f"c{i}", OK, str(i * 3)) for i in range(n)
+    ]
+    responses = batch.result().responses
+    assert [(r.request_id, r.status, r.observation) for r in responses] == [
+        (f"b{i}", OK, str(i - 1)) for i in range(n)
+    ]
+    assert_still_serves(stub)
+
+
 def test_sandboxes_are_removed_on_shutdown(tmp_path: Path) -> None:
     require_binary("runsc")
     with run_executor(tmp_path, "sandbox.backend=gvisor", "pool.size=1") as e:
