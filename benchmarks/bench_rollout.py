@@ -2,7 +2,7 @@
 
 1. TIR throughput: C=1, one tool call per response taking ~50 ms (a sleeping tool runner, so the
    tool time is fixed), model tokens/s vs raw vLLM generation of the same token count.
-2. Loop overhead: the loop with C=0 vs vLLM's own generate on the same prompts and token counts.
+2. Loop overhead: the loop with C=0 vs vLLM's own generate on the same prompts and budget.
 3. Weight update: a ~100M-parameter state dict streamed over loopback gRPC into a running engine:
    generation pause vs the raw load_weights (reload) time of the same tensors, and the stream rate.
 
@@ -91,7 +91,8 @@ async def bench_loop(engine: object) -> dict[str, float]:
                                     for i, p in enumerate(prompts)))
     loop_s = time.perf_counter() - t0
     loop_tokens = sum(len(t.token_ids) for t in trajs0)
-    raw0_tokens, raw0_s = await raw_generate(engine, prompts, [len(t.token_ids) for t in trajs0], 900, True)
+    # vLLM's own generate, same prompts and budget, ending at EOS like the loop does.
+    raw0_tokens, raw0_s = await raw_generate(engine, prompts, [MAX_TOKENS] * len(prompts), 900, False)
     out["c0_loop_tokens_per_s"] = loop_tokens / loop_s
     out["c0_vllm_tokens_per_s"] = raw0_tokens / raw0_s
     out["c0_loop_vs_vllm"] = out["c0_loop_tokens_per_s"] / out["c0_vllm_tokens_per_s"]
