@@ -14,6 +14,19 @@ from torl.common.grpc_client import aio_channel
 from torl.v1 import common_pb2, reward_pb2, reward_pb2_grpc, trajectory_pb2
 
 
+def per_round_statuses(t: trajectory_pb2.Trajectory) -> list[int]:
+    """One status per tool round, in order; TOOL_STATUS_UNSPECIFIED where the round ran no code.
+
+    The reward service's execution penalty looks at the last round, so a round whose response had
+    no complete ```python block must still hold its place in the list.
+    """
+    statuses = [common_pb2.TOOL_STATUS_UNSPECIFIED] * t.tool_rounds
+    for call in t.tool_calls:
+        if call.round < len(statuses):
+            statuses[call.round] = call.status
+    return statuses
+
+
 class RewardScorer:
     def __init__(self, target: str, deadline_seconds: float = 60.0) -> None:
         self.target = target
@@ -30,7 +43,7 @@ class RewardScorer:
                 id=t.trajectory_id,
                 response=t.text,
                 reference=group.prompt.answer,
-                tool_statuses=[c.status for c in t.tool_calls],
+                tool_statuses=per_round_statuses(t),
                 mode=reward_pb2.SCORE_MODE_TRAINING,
                 tool_rounds=t.tool_rounds,
             )

@@ -56,8 +56,9 @@ def test_prompt_checks() -> None:
     with pytest.raises(PromptRejected, match="over the prompt budget of 20") as e:
         prepare_prompt(eng, "x" * 50, cfg, frozenset(), None)
     assert e.value.reason == "too_long"
-    truncated = prepare_prompt(eng, "x" * 50, LoopConfig(**{**cfg.__dict__, "prompt_overflow": "truncate"}),
-                               frozenset(), None)
+    truncated = prepare_prompt(
+        eng, "x" * 50, LoopConfig(**{**cfg.__dict__, "prompt_overflow": "truncate"}), frozenset(), None
+    )
     assert len(truncated.token_ids) == 20 and truncated.truncated_from == len("Q: \nA:") + 50
     assert eng.decode(truncated.token_ids).endswith("\nA:")
     with pytest.raises(PromptRejected, match="special or unknown") as e:
@@ -69,8 +70,9 @@ def test_overrides() -> None:
     base = loop_config_from(RolloutSettings())
     assert (base.group_size, base.max_tool_calls, base.max_response_tokens) == (16, 1, 3072)
     assert base.temperature == 1.0 and base.stop_string == "```output" and base.max_prompt_tokens == 400
-    o = rollout_pb2.SamplingOverrides(temperature=-1, n=4, has_max_tool_calls=True, max_tool_calls=0, seed=7,
-                                      has_seed=True)
+    o = rollout_pb2.SamplingOverrides(
+        temperature=-1, n=4, has_max_tool_calls=True, max_tool_calls=0, seed=7, has_seed=True
+    )
     cfg = apply_overrides(base, o)
     assert (cfg.group_size, cfg.max_tool_calls, cfg.seed, cfg.temperature) == (4, 0, 7, 1.0)
     assert apply_overrides(base, rollout_pb2.SamplingOverrides(temperature=0)).temperature == 0.0
@@ -83,3 +85,27 @@ def test_config_rejects_bad_values() -> None:
         load_settings(RolloutSettings, overrides={"loop": {"prompt_template": "no field"}})
     with pytest.raises(ConfigError, match="unknown key"):
         load_settings(RolloutSettings, overrides={"engine": {"modle_dir": "x"}})
+
+
+def test_per_round_statuses_keep_rounds_without_code() -> None:
+    from torl.rollout.scoring import per_round_statuses
+    from torl.v1 import common_pb2, trajectory_pb2
+
+    t = trajectory_pb2.Trajectory(tool_rounds=3)
+    t.tool_calls.add(round=1, status=common_pb2.TOOL_STATUS_ERROR)
+    t.tool_calls.add(round=2, status=common_pb2.TOOL_STATUS_OK)
+    assert per_round_statuses(t) == [
+        common_pb2.TOOL_STATUS_UNSPECIFIED,
+        common_pb2.TOOL_STATUS_ERROR,
+        common_pb2.TOOL_STATUS_OK,
+    ]
+    # The reward service's rule then sees a successful last round: no execution penalty.
+    from torl.reward.config import PenaltySettings
+    from torl.reward.rules import ToolStatus, last_round_failed
+
+    names = [
+        ToolStatus(common_pb2.ToolStatus.Name(s).removeprefix("TOOL_STATUS_").lower()) for s in per_round_statuses(t)
+    ]
+    assert not last_round_failed(names, t.tool_rounds)
+    assert last_round_failed(names[:2], 2)
+    assert PenaltySettings().enabled is False
