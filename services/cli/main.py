@@ -240,6 +240,24 @@ def model_pretrain(
     typer.echo(str(out))
 
 
+@app.command("report", help="Write PNG plots and a Markdown summary of a training run from its metrics.jsonl.")
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run's learner output dir (holds metrics.jsonl) or a `torl train` run_dir.")
+    ],
+    edge: Annotated[int, typer.Option(min=1, max=1000, help="Steps averaged at the start and at the end.")] = 5,
+) -> None:
+    from torl.cli.report import ReportError, run_report
+
+    try:
+        summary = run_report(run_dir, edge)
+    except ReportError as e:
+        typer.echo(f"torl report: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"report: {summary.parent} (plots + summary.md)\n")
+    typer.echo(summary.read_text(encoding="utf-8").split("![")[0].rstrip())
+
+
 @app.command("version", help="Print the torl version.")
 def version() -> None:
     from torl import __version__
