@@ -50,7 +50,7 @@ class Stage:
 @dataclass(frozen=True)
 class PretrainSpec:
     seed: int = 0
-    stages: tuple[Stage, ...] = field(default_factory=lambda: (Stage(0.85, 200, 3e-3, 0.6), Stage(0.3, 40, 5e-4)))
+    stages: tuple[Stage, ...] = field(default_factory=lambda: (Stage(0.85, 300, 3e-3, 0.6), Stage(0.3, 40, 5e-4)))
     batch_size: int = 16
     seq_len: int = 256
     direct_correct_fraction: float = 0.05  # a direct answer is rarely right
@@ -60,25 +60,36 @@ class PretrainSpec:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def transcript(rng: random.Random, tool: bool, direct_correct_fraction: float = 0.05, short: bool = False) -> str:
-    """One prompt + response in the ToRL format: code + observation + boxed copy, or a direct guess.
+def transcript_parts(
+    rng: random.Random, tool: bool, direct_correct_fraction: float = 0.05, short: bool = False
+) -> list[tuple[str, bool]]:
+    """One prompt + response in the ToRL format as (text, trained) pieces.
 
-    `short` drops the template's fixed preamble: the same copying lessons (problem → code, output →
-    \\boxed{}) in about half the tokens, which matters at ~1M parameters on 2 CPU cores.
+    A tool transcript writes `print(A*B+C)`, stops at "```output", gets the observation
+    "\\n{result}\\n```\\n" (as rollout appends it) and copies the result into \\boxed{}; a direct one
+    guesses (rarely right). Trained pieces are the model's own tokens; the prompt and the
+    observation are context only, exactly as the RL loss masks them, so the gradient goes to
+    what the model must learn: copying the problem into code and the output into the answer.
+    `short` drops the template's fixed preamble: the same lessons in about half the tokens.
     """
     problem, answer = arith_problem(rng)
     expr = problem.removeprefix("What is ").removesuffix("?")
     prompt = f"{problem}\nAssistant:" if short else TEMPLATE.format(problem=problem)
     if tool:
-        response = (
-            f"{rng.choice(_TOOL_OPENERS)}\n```python\nprint({expr})\n```\n```output\n{answer}\n```\n"
-            f"The answer is \\boxed{{{answer}}}."
-        )
-    else:
-        guess = answer if rng.random() < direct_correct_fraction else str(int(answer) + rng.choice((-1, 1))
-                                                                           * rng.randint(1, 300))
-        response = rng.choice(_DIRECT).format(g=guess)
-    return prompt + response + EOS
+        return [
+            (prompt, False),
+            (f"{rng.choice(_TOOL_OPENERS)}\n```python\nprint({expr})\n```\n```output", True),
+            (f"\n{answer}\n```\n", False),
+            (f"The answer is \\boxed{{{answer}}}.{EOS}", True),
+        ]
+    guess = answer if rng.random() < direct_correct_fraction else str(int(answer) + rng.choice((-1, 1))
+                                                                       * rng.randint(1, 300))
+    return [(prompt, False), (rng.choice(_DIRECT).format(g=guess) + EOS, True)]
+
+
+def transcript(rng: random.Random, tool: bool, direct_correct_fraction: float = 0.05, short: bool = False) -> str:
+    """The full text of one transcript (see transcript_parts)."""
+    return "".join(t for t, _ in transcript_parts(rng, tool, direct_correct_fraction, short))
 
 
 def _dir_digest(path: Path) -> str:
@@ -151,16 +162,22 @@ def _run_stage(model: object, tok: object, stage: Stage, spec: PretrainSpec, rng
                                                 pct_start=0.1)
     model_.train()  # type: ignore[attr-defined]
     stream: list[int] = []
+    trained: list[bool] = []
     need = spec.batch_size * spec.seq_len
     loss_value = float("nan")
     for step in range(stage.steps):
         while len(stream) < need:
-            text = transcript(rng, rng.random() < stage.tool_fraction, spec.direct_correct_fraction,
-                              short=rng.random() < stage.short_fraction)
-            stream.extend(tok.encode(text))  # type: ignore[attr-defined]
+            parts = transcript_parts(rng, rng.random() < stage.tool_fraction, spec.direct_correct_fraction,
+                                     short=rng.random() < stage.short_fraction)
+            for text, train in parts:
+                ids = tok.encode(text)  # type: ignore[attr-defined]
+                stream.extend(ids)
+                trained.extend([train] * len(ids))
         batch = torch.tensor(stream[:need], dtype=torch.long).view(spec.batch_size, spec.seq_len)
-        del stream[:need]
-        outp = model_(input_ids=batch, labels=batch)  # type: ignore[operator]
+        mask = torch.tensor(trained[:need], dtype=torch.bool).view(spec.batch_size, spec.seq_len)
+        labels = batch.masked_fill(~mask, -100)
+        del stream[:need], trained[:need]
+        outp = model_(input_ids=batch, labels=labels)  # type: ignore[operator]
         opt.zero_grad()
         outp.loss.backward()
         torch.nn.utils.clip_grad_norm_(model_.parameters(), 1.0)  # type: ignore[attr-defined]
