@@ -116,6 +116,29 @@ class QueueSettings(StrictModel):
     version_poll_seconds: float = Field(
         0.2, gt=0.0, le=60.0, description="Wait step while a prompt's min_version is ahead."
     )
+    claim_idle_seconds: float = Field(
+        600.0,
+        ge=1.0,
+        le=86_400.0,
+        description="A prompt pending this long without a heartbeat (its replica died) is claimed by another "
+        "replica (XAUTOCLAIM); keep it above the longest expected generation.",
+    )
+    heartbeat_seconds: float = Field(
+        10.0,
+        gt=0.0,
+        le=3_600.0,
+        description="How often a replica refreshes the idle time of the prompts it holds and looks for "
+        "abandoned ones.",
+    )
+
+    @model_validator(mode="after")
+    def _claim_after_missed_heartbeats(self) -> QueueSettings:
+        if self.claim_idle_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError(
+                f"claim_idle_seconds ({self.claim_idle_seconds}) must be at least 3 x heartbeat_seconds "
+                f"({self.heartbeat_seconds}), or live replicas lose prompts they are still generating"
+            )
+        return self
 
 
 class RolloutSettings(ServiceSettings):

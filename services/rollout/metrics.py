@@ -34,7 +34,17 @@ WEIGHT_UPDATE_SECONDS = Histogram(
 WEIGHT_UPDATES = Counter("torl_rollout_weight_updates_total", "Weight updates by outcome.", ["outcome"])
 WEIGHT_UPDATE_BYTES = Counter("torl_rollout_weight_update_bytes_total", "Bytes of accepted weight updates.")
 QUEUE_DEPTH = Gauge("torl_rollout_queue_depth", "Prompts accepted by this replica and not yet finished.")
-GROUPS = Counter("torl_rollout_groups_total", "Finished groups by destination (stream, response, dead).", ["outcome"])
+GROUPS = Counter(
+    "torl_rollout_groups_total",
+    "Finished groups by outcome (stream, dead, lost_claim: the prompt was claimed by another replica meanwhile).",
+    ["outcome"],
+)
+PROMPTS_RESUMED = Counter(
+    "torl_rollout_prompts_resumed_total",
+    "Stream prompts taken over after a crash, by source (own_backlog: this replica's own pending entries at start; "
+    "claimed: another replica's entries idle past queue.claim_idle_seconds).",
+    ["source"],
+)
 TRAJECTORIES_EXCLUDED = Counter(
     "torl_rollout_trajectories_excluded_total", "Trajectories kept out of the loss, by cause.", ["cause"]
 )

@@ -139,7 +139,8 @@ async def serve(settings: RolloutSettings) -> None:
     q = settings.queue
     queue = (
         PromptQueue(core, q.redis_url, q.run_id, settings.replica_id, q.trajectories_maxlen,
-                    q.max_groups_in_flight, q.block_ms, q.version_poll_seconds)
+                    q.max_groups_in_flight, q.block_ms, q.version_poll_seconds,
+                    claim_idle_seconds=q.claim_idle_seconds, heartbeat_seconds=q.heartbeat_seconds)
         if q.redis_url
         else None
     )

@@ -107,6 +107,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "sampling.group_size=4",
             "sampling.seed=1",
             "queue.block_ms=100",
+            # a crashed replica's prompts are claimed after 3 s; the live one's heartbeat (1 s) keeps its own
+            "queue.claim_idle_seconds=3",
+            "queue.heartbeat_seconds=1",
             timeout=300,
         )
         procs.append(rollout)
@@ -277,6 +280,9 @@ def test_redis_prompts_in_groups_out(stack: Stack) -> None:
             groups[g.group_id] = g
         time.sleep(0.5)
     assert set(groups) >= {"r1", "s1"}
+    written = [trajectory_pb2.TrajectoryGroup.FromString(f[PAYLOAD_FIELD]).group_id
+               for _id, f in client.xrange(keys.trajectories)]
+    assert written.count("r1") == 1 and written.count("s1") == 1, written
     for g in (groups["r1"], groups["s1"]):
         assert len(g.trajectories) == 2 and g.replica == "rollout-0" and g.prompt_token_ids
         assert all(t.version_start == version for t in g.trajectories)
@@ -304,3 +310,32 @@ def test_executor_down_is_visible_and_recovers(stack: Stack) -> None:
     group = generate(stack, n=2)
     called = [t for t in group.trajectories if t.tool_calls]
     assert called and all(not t.excluded and t.tool_calls[0].status == common_pb2.TOOL_STATUS_OK for t in called)
+
+
+def test_prompt_held_by_a_killed_replica_is_completed_by_the_live_one(stack: Stack) -> None:
+    """A consumer takes a prompt and dies without acking it (kill -9); the live replica claims it
+    once it has been idle past queue.claim_idle_seconds and writes its group exactly once."""
+    import redis
+
+    client = redis.Redis.from_url(stack.redis_url)
+    keys = RunKeys(stack.run_id)
+    prompt = trajectory_pb2.Prompt(prompt_id="orphan", problem=PROBLEM, answer="464", group_size=2)
+    pipe = client.pipeline(transaction=True)  # deliver it to the doomed consumer before the live one sees it
+    pipe.xadd(keys.prompts, {PAYLOAD_FIELD: prompt.SerializeToString()})
+    pipe.xreadgroup(PROMPT_GROUP, "rollout-killed", {keys.prompts: ">"}, count=1)
+    entry_id, _fields = pipe.execute()[1][0][1][0]
+    owner = client.xpending_range(keys.prompts, PROMPT_GROUP, entry_id, entry_id, 1)[0]["consumer"]
+    assert owner == b"rollout-killed"
+    deadline = time.monotonic() + 180
+    found: list[trajectory_pb2.TrajectoryGroup] = []
+    while time.monotonic() < deadline and not found:
+        found = [g for g in (trajectory_pb2.TrajectoryGroup.FromString(f[PAYLOAD_FIELD])
+                             for _id, f in client.xrange(keys.trajectories)) if g.group_id == "orphan"]
+        time.sleep(0.5)
+    assert len(found) == 1, "the abandoned prompt was not completed"
+    assert found[0].replica == "rollout-0" and len(found[0].trajectories) == 2
+    assert client.xpending(keys.prompts, PROMPT_GROUP)["pending"] == 0
+    time.sleep(1.5)  # no second copy shows up later
+    written = [trajectory_pb2.TrajectoryGroup.FromString(f[PAYLOAD_FIELD]).group_id
+               for _id, f in client.xrange(keys.trajectories)]
+    assert written.count("orphan") == 1
