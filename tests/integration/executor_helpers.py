@@ -34,7 +34,7 @@ class Executor:
 
 
 @contextmanager
-def run_executor(tmp: Path, *sets: str, timeout: float = 120.0) -> Iterator[Executor]:
+def run_executor(tmp: Path, *sets: str, timeout: float = 120.0, metrics_port: int = 0) -> Iterator[Executor]:
     port = free_port()
     log_path = tmp / f"executor-{port}.log"
     args = ["--set", "rest.port=0", "--set", f"sandbox.state_dir={tmp / 'state'}"]
@@ -42,7 +42,10 @@ def run_executor(tmp: Path, *sets: str, timeout: float = 120.0) -> Iterator[Exec
         args += ["--set", s]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            torl_cmd("executor", "serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", *args),
+            torl_cmd(
+                "executor", "serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
+                *args,
+            ),
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -50,14 +53,14 @@ def run_executor(tmp: Path, *sets: str, timeout: float = 120.0) -> Iterator[Exec
         )
     try:
         wait_for_health(f"127.0.0.1:{port}", timeout)
-        rest_port = 0
+        rest_port: int | None = None
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not rest_port:
+        while time.monotonic() < deadline and rest_port is None:
             for line in log_path.read_text(errors="replace").splitlines():
                 if '"event": "serving"' in line:
-                    rest_port = int(json.loads(line)["rest_port"])
+                    rest_port = int(json.loads(line)["rest_port"])  # 0: no REST (role=runner)
             time.sleep(0.05)
-        yield Executor(f"127.0.0.1:{port}", f"http://127.0.0.1:{rest_port}", proc, log_path)
+        yield Executor(f"127.0.0.1:{port}", f"http://127.0.0.1:{rest_port or 0}", proc, log_path)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
