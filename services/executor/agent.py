@@ -253,18 +253,41 @@ class Proc:
 
 
 class Capture:
-    """Bytes read from one output pipe: the first `cap` kept, the rest counted."""
+    """Bytes read from one output pipe: the first `cap` kept, then the last `tail_cap` of the rest;
+    the bytes in between are counted, and searched for "Error" (ToRL's observation rule needs to
+    know whether the whole output contains it)."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, tail_cap: int) -> None:
         self.cap = cap
+        self.tail_cap = tail_cap
         self.data = bytearray()
+        self.tail = bytearray()
         self.total = 0
+        self.has_error = False
+        self._last4 = b""
 
     def add(self, chunk: bytes) -> None:
         self.total += len(chunk)
+        if not self.has_error:
+            self.has_error = b"Error" in chunk or b"Error" in self._last4 + chunk[:4]
+            self._last4 = (self._last4 + chunk[-4:])[-4:]
         room = self.cap - len(self.data)
         if room > 0:
             self.data += chunk[:room]
+            chunk = chunk[room:]
+        if chunk and self.tail_cap > 0:
+            self.tail += chunk[-self.tail_cap:]
+            if len(self.tail) > self.tail_cap:
+                del self.tail[: len(self.tail) - self.tail_cap]
+
+    def fields(self, name: str) -> dict[str, Any]:
+        return {
+            name: b64(bytes(self.data)),
+            f"{name}_truncated": self.total > len(self.data),
+            f"{name}_tail": b64(bytes(self.tail)),
+            f"{name}_omitted": self.total - len(self.data) - len(self.tail),
+            f"{name}_has_error": self.has_error,
+        }
 
 
 class Run:
@@ -275,8 +298,9 @@ class Run:
         self.started = time.monotonic()
         self.deadline = self.started + float(job["timeout"])
         cap = int(job["max_output"])
-        self.out = Capture(cap)
-        self.err = Capture(cap)
+        tail = int(job.get("tail", 0))
+        self.out = Capture(cap, tail)
+        self.err = Capture(cap, tail)
         self.timed_out = False
         self.exit_code: int | None = None
         self.error: str | None = None
@@ -553,10 +577,8 @@ class Agent:
             "exit_code": run.exit_code if run.exit_code is not None else -9,
             "timed_out": run.timed_out,
             "duration": time.monotonic() - run.started,
-            "stdout": b64(bytes(run.out.data)),
-            "stderr": b64(bytes(run.err.data)),
-            "stdout_truncated": run.out.total > len(run.out.data),
-            "stderr_truncated": run.err.total > len(run.err.data),
+            **run.out.fields("stdout"),
+            **run.err.fields("stderr"),
             "error": run.error,
         }
         write_frame(self.ctrl_out, msg)

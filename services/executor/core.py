@@ -19,7 +19,7 @@ from torl.common.errors import InvalidArgument
 from torl.common.logging import get_logger
 from torl.executor import metrics
 from torl.executor.config import ExecutorSettings, Isolation
-from torl.executor.observation import observation
+from torl.executor.observation import Captured, observation, observation_of
 from torl.executor.pool import Pool, QueueFull, QueueTimeout
 from torl.executor.sandbox import Backend, Job, SandboxError, build_layout
 
@@ -76,6 +76,17 @@ def _check_path(path: str) -> None:
 def decode_output(data: bytes) -> str:
     """Program output as text; bytes that are not UTF-8 become U+FFFD."""
     return data.decode("utf-8", errors="replace")
+
+
+def captured(head: bytes, tail: bytes, omitted: int, has_error: bool) -> Captured:
+    """One output stream for the observation rules (head and tail decoded apart only when a gap
+    lies between them; a tail that starts inside a UTF-8 character drops that character's rest)."""
+    if not omitted:
+        return Captured(decode_output(head + tail))
+    skip = 0
+    while skip < min(3, len(tail)) and 0x80 <= tail[skip] < 0xC0:
+        skip += 1
+    return Captured(decode_output(head), decode_output(tail[skip:]), omitted, has_error)
 
 
 class Executor:
@@ -174,7 +185,15 @@ class Executor:
                 message=f"wall-clock limit of {timeout:g} s exceeded" if r.timed_out else "",
             )
             metrics.RUN_DURATION.labels(isolation).observe(r.duration_seconds)
-        outcome.observation = observation(outcome.stdout, outcome.stderr, outcome.exit_code)
+        if res is not None and res.result is not None:
+            r = res.result
+            outcome.observation = observation_of(
+                captured(r.stdout, r.stdout_tail, r.stdout_omitted, r.stdout_has_error),
+                captured(r.stderr, r.stderr_tail, r.stderr_omitted, r.stderr_has_error),
+                r.exit_code,
+            )
+        else:
+            outcome.observation = observation("", "", outcome.exit_code)
         if outcome.status == "sandbox_error":
             log.warning("sandbox_error", request_id=rid, caller=caller.name, reason=outcome.message)
         metrics.REQUESTS.labels(outcome.status, caller.name, api).inc()

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from torl.common.logging import get_logger
 from torl.executor.config import SandboxSettings
+from torl.executor.observation import TAIL_BYTES
 
 log = get_logger("torl.executor.sandbox")
 
@@ -69,6 +70,7 @@ class Job:
             "timeout": self.timeout_seconds,
             "mem_mb": self.memory_mb,
             "max_output": self.max_output_bytes,
+            "tail": TAIL_BYTES,
         }
 
 
@@ -84,6 +86,14 @@ class JobResult:
     timed_out: bool
     duration_seconds: float
     error: str | None = None
+    # Past the cap: the last bytes of each stream, how many bytes were dropped before them, and
+    # whether "Error" occurs anywhere in the stream (for the observation rules).
+    stdout_tail: bytes = b""
+    stderr_tail: bytes = b""
+    stdout_omitted: int = 0
+    stderr_omitted: int = 0
+    stdout_has_error: bool = False
+    stderr_has_error: bool = False
 
     @classmethod
     def from_frame(cls, msg: dict[str, Any]) -> JobResult:
@@ -97,6 +107,12 @@ class JobResult:
                 timed_out=bool(msg["timed_out"]),
                 duration_seconds=float(msg["duration"]),
                 error=str(msg["error"]) if msg.get("error") else None,
+                stdout_tail=base64.b64decode(msg.get("stdout_tail", "")),
+                stderr_tail=base64.b64decode(msg.get("stderr_tail", "")),
+                stdout_omitted=int(msg.get("stdout_omitted", 0)),
+                stderr_omitted=int(msg.get("stderr_omitted", 0)),
+                stdout_has_error=bool(msg.get("stdout_has_error", False)),
+                stderr_has_error=bool(msg.get("stderr_has_error", False)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise SandboxError(f"malformed result from the sandbox agent: {e}") from e
