@@ -146,6 +146,20 @@ def test_output_flood_is_capped(ex: Executor) -> None:
     assert_still_serves(stub)
 
 
+def test_observation_of_capped_output_comes_from_its_true_end(ex: Executor) -> None:
+    """Past the 64 KiB cap the response keeps the head, but the observation is ToRL's for the whole
+    output: its last line (when it contains "Error" anywhere) or its first and last 128 characters."""
+    stub = ex.stub()
+    r = execute(stub, "print('an Error early')\nfor i in range(100000): print(i)\nprint('the last line')")
+    assert r.status == OK and r.stdout_truncated and len(r.stdout) == 64 * 1024
+    assert r.observation == "the last line"
+    r = execute(stub, "for i in range(100000): print(i)")
+    full = "\n".join(str(i) for i in range(100000))
+    assert r.stdout_truncated and r.observation == full[:128] + "..." + full[-128:]
+    r = execute(stub, "import sys\nfor i in range(50000): print('warning', i, file=sys.stderr)\nraise KeyError('deep')")
+    assert r.status == ERROR and r.stderr_truncated and r.observation == "KeyError: 'deep'"
+
+
 def test_non_utf8_stdout(ex: Executor) -> None:
     r = execute(ex.stub(), "import sys; sys.stdout.buffer.write(b'\\xff\\xfeok\\n')")
     assert r.status == OK and r.stdout == "\ufffd\ufffdok\n"
