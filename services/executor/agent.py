@@ -2,18 +2,25 @@
 
 This file is executed *inside* each sandbox (gVisor or bubblewrap) as a plain script, bound
 read-only at /opt/torl/agent.py. It imports only the standard library (plus the pre-loaded math
-modules) and never imports torl. It starts once per sandbox, imports the heavy modules
-(sympy, numpy) so runs don't pay for them, and then serves run requests from the host over its
-stdin/stdout as length-prefixed JSON frames.
+modules) and never imports torl. It serves run requests from the host over its stdin/stdout as
+length-prefixed JSON frames.
 
-Isolation inside the sandbox:
-- Every run happens in a process forked from this agent ahead of time ("spare"), so a request
-  never waits for a fork. The spare drops to uid/gid 65534 (when the agent is root, as under
-  gVisor) so untrusted code cannot signal or trace the agent, starts its own session, and gets its
-  own work dir under /tmp/runs.
-- `strict`: the spare runs one program and exits. `session`: the spare becomes a worker that runs
-  many programs of one caller, each with fresh globals, env, cwd and work dir, and checks after
-  each run that no thread or child process was left behind (otherwise it is recycled).
+Processes inside the sandbox:
+- The agent (the sandbox's first process) stays lean: it imports no math module and never forks
+  on the request path. It hands runs to ready processes, enforces deadlines, collects output and
+  cleans up.
+- The zygote, forked once by the agent, imports the heavy modules (sympy, numpy) and forks
+  "spares" when the agent asks; it passes each spare's pipes to the agent over a Unix socket and
+  reports when one exits. A fork of an interpreter with sympy loaded takes tens of milliseconds
+  under gVisor's ptrace platform; in the zygote it overlaps with runs instead of stalling the
+  agent's loop.
+- A spare drops to uid/gid 65534 (when root, as under gVisor) so untrusted code cannot signal or
+  trace the agent or the zygote, starts its own session, and warms up (runs a tiny program into
+  /dev/null) so the copy-on-write page faults of a typical run are taken before a request waits.
+- `strict`: a spare runs one program, reports its exit code and exits. `session`: the spare
+  becomes a worker that runs many programs of one session, each with fresh globals, env, cwd and
+  work dir, and checks after each run that no thread or child process was left behind (otherwise
+  it is recycled).
 - After every run the agent kills any process that does not belong to a live run (daemons,
   orphans), reaps zombies and removes every file under /tmp that no live run owns.
 - Wall-clock limits are enforced here with SIGKILL to the run's session, and again by the host,
@@ -32,15 +39,29 @@ import resource
 import selectors
 import shutil
 import signal
+import socket
 import struct
 import sys
 import threading
 import time
 import traceback
 import types
-from typing import Any
+from collections import deque
+from typing import Any, NoReturn
 
 RUN_ROOT = "/tmp/runs"
+# What a spare runs (into /dev/null) before it is handed a job. The light warm-up always runs
+# right after the fork; the deep one (typical first steps of math code) only when the agent asks,
+# which it does while the sandbox is idle, so it never costs throughput when runs are queued.
+LIGHT_WARM_UP_CODE = "print(1)\n"
+DEEP_WARM_UP_CODE = """\
+try:
+    import sympy
+    x = sympy.Symbol("x")
+    print(sympy.sqrt(8), sympy.Rational(1, 3) + 1, sympy.expand((x + 1) ** 2), sympy.factorint(360))
+except ImportError:
+    pass
+"""
 SANDBOX_UID = 65534
 MAX_FRAME = 256 * 1024 * 1024
 HEADER = struct.Struct(">I")
@@ -160,7 +181,7 @@ def _run_code(code: str) -> int:
     return exit_code
 
 
-def _prepare_run(ctx: ChildContext, job: dict[str, Any]) -> str:
+def _prepare_run(base_env: dict[str, str], job: dict[str, Any]) -> str:
     work = os.path.join(RUN_ROOT, str(job["id"]))
     os.mkdir(work, 0o700)
     for rel, content in job.get("files") or []:
@@ -172,7 +193,7 @@ def _prepare_run(ctx: ChildContext, job: dict[str, Any]) -> str:
             f.write(base64.b64decode(content))
     os.chdir(work)
     os.environ.clear()
-    os.environ.update(ctx.base_env)
+    os.environ.update(base_env)
     os.environ["HOME"] = work
     os.environ["TMPDIR"] = work
     _install_stdin(base64.b64decode(job.get("stdin") or ""))
@@ -193,24 +214,57 @@ def _reset_problem(ctx: ChildContext) -> str | None:
     return None
 
 
+def _warm_up(base_env: dict[str, str], code: str) -> None:
+    """Take the copy-on-write page faults of a typical run now, before a request waits on them
+    (under gVisor's ptrace platform the first run in a fresh process paid tens of ms for them).
+
+    Every spare runs exactly this, with stdout/stderr on /dev/null, so what it leaves behind is
+    the same for every run. A failed warm-up only leaves a colder spare."""
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open("/dev/null", os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+    try:
+        with contextlib.suppress(Exception):
+            work = _prepare_run(base_env, {"id": f"warm-up-{os.getpid()}"})
+            _run_code(code)
+            os.chdir("/")
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
 def child_main(ctx: ChildContext) -> None:
     """Body of a spare: wait for jobs; run one (strict) or many (session)."""
-    _drop_privileges()
-    os.setsid()
-    gc.enable()
     while True:
         try:
             job = read_frame(ctx.job_r)
         except (EOFError, ValueError, OSError):
             os._exit(0)
+        if job.get("op") == "warm":
+            _warm_up(ctx.base_env, DEEP_WARM_UP_CODE)
+            try:
+                write_all(ctx.status_w, b'{"warm": true}\n')
+            except OSError:
+                os._exit(1)
+            continue
         _set_memory_limit(ctx, int(job["mem_mb"]))
         try:
-            work = _prepare_run(ctx, job)
+            work = _prepare_run(ctx.base_env, job)
         except Exception as e:
             os.write(2, f"sandbox: could not prepare the run: {e}\n".encode())
             os._exit(125)
         exit_code = _run_code(job["code"])
         if job["mode"] == "strict":
+            # Report before exiting: the agent answers the host without waiting for this process's
+            # teardown, then kills whatever is left of it.
+            with contextlib.suppress(OSError):
+                status = {"exit_code": exit_code, "reset_problem": "strict"}
+                write_all(ctx.status_w, (json.dumps(status) + "\n").encode())
             os._exit(exit_code)
         os.chdir("/")
         shutil.rmtree(work, ignore_errors=True)
@@ -225,7 +279,94 @@ def child_main(ctx: ChildContext) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Zygote: forks spares off the agent's loop
+
+
+def _spawn_spare(sock: socket.socket, base_env: dict[str, str]) -> None:
+    """Fork one spare and pass its pipes (job in; stdout, stderr, status out) to the agent."""
+    job_r, job_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    status_r, status_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            keep = {0, 1, 2, job_r, out_w, err_w, status_w}
+            for fd_name in os.listdir("/proc/self/fd"):
+                n = int(fd_name)
+                if n not in keep:
+                    with contextlib.suppress(OSError):
+                        os.close(n)
+            _drop_privileges()
+            os.setsid()
+            _warm_up(base_env, LIGHT_WARM_UP_CODE)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            os.close(out_w)
+            os.close(err_w)
+            child_main(ChildContext(job_r, status_w, base_env))
+        finally:
+            os._exit(126)
+    for end in (job_r, out_w, err_w, status_w):
+        os.close(end)
+    try:
+        socket.send_fds(sock, [json.dumps({"op": "spare", "pid": pid}).encode()], [job_w, out_r, err_r, status_r])
+    finally:
+        for end in (job_w, out_r, err_r, status_r):
+            os.close(end)
+
+
+def zygote_main(sock: socket.socket, preload: list[str], base_env: dict[str, str]) -> NoReturn:
+    """Import the heavy modules once, then fork a spare per byte the agent sends; report exits."""
+    for name in preload:
+        __import__(name)
+    gc.collect()
+    gc.freeze()  # spares then share these objects' pages instead of copying them at the first gc
+    sig_r, sig_w = os.pipe()
+    os.set_blocking(sig_r, False)
+    os.set_blocking(sig_w, False)
+    signal.set_wakeup_fd(sig_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ, "agent")
+    sel.register(sig_r, selectors.EVENT_READ, "signal")
+    sock.send(json.dumps({"op": "ready"}).encode())
+    while True:
+        for key, _ in sel.select():
+            if key.data == "agent":
+                try:
+                    wanted = sock.recv(4096)
+                except InterruptedError:
+                    continue
+                if not wanted:
+                    os._exit(0)  # the agent is gone
+                for _ in range(wanted.count(b"f")):
+                    _spawn_spare(sock, base_env)
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(sig_r, 512):
+                        pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            sock.send(json.dumps({"op": "exit", "pid": pid, "status": status}).encode())
+
+
+# ---------------------------------------------------------------------------------------------
 # Agent side
+
+
+class ZygoteLost(Exception):
+    """The zygote died: this sandbox can make no more spares."""
 
 
 class Proc:
@@ -242,6 +383,7 @@ class Proc:
         self.session: str | None = None
         self.mem_mb: int | None = None
         self.run: Run | None = None
+        self.warm = "light"  # light -> warming (deep warm-up asked) -> deep
         self.exited = False
         self.closed = False
 
@@ -308,7 +450,13 @@ class Run:
 
 class Agent:
     def __init__(
-        self, ctrl_in: int, ctrl_out: int, spares: int, base_env: dict[str, str], worker_max_runs: int
+        self,
+        ctrl_in: int,
+        ctrl_out: int,
+        spares: int,
+        base_env: dict[str, str],
+        worker_max_runs: int,
+        preload: list[str],
     ) -> None:
         self.worker_max_runs = worker_max_runs
         self.ctrl_in = ctrl_in
@@ -322,6 +470,9 @@ class Agent:
         self.runs: dict[str, Run] = {}
         self.fd_owner: dict[int, tuple[Proc, str]] = {}
         self.finished: list[Run] = []
+        self.waiting: deque[dict[str, Any]] = deque()  # runs that arrived while no spare was ready
+        self.requested = 0  # spares asked of the zygote and not delivered yet
+        self.zygote_pid, self.zygote = self.start_zygote(preload)
         sig_r, sig_w = os.pipe()
         os.set_blocking(sig_w, False)
         os.set_blocking(sig_r, False)
@@ -330,32 +481,55 @@ class Agent:
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.sel.register(sig_r, selectors.EVENT_READ, "signal")
         self.sel.register(ctrl_in, selectors.EVENT_READ, "ctrl")
+        self.sel.register(self.zygote, selectors.EVENT_READ, "zygote")
 
     # -- processes ----------------------------------------------------------------------------
 
-    def fork_spare(self) -> Proc:
-        job_r, job_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        status_r, status_w = os.pipe()
+    def start_zygote(self, preload: list[str]) -> tuple[int, socket.socket]:
+        """Fork the zygote (cheap: the agent is lean) and wait until it has imported `preload`."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             try:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                os.dup2(out_w, 1)
-                os.dup2(err_w, 2)
-                keep = {0, 1, 2, job_r, status_w}
-                for fd_name in os.listdir("/proc/self/fd"):
-                    n = int(fd_name)
-                    if n not in keep:
-                        with contextlib.suppress(OSError):
-                            os.close(n)
-                child_main(ChildContext(job_r, status_w, self.base_env))
+                mine.close()
+                for fd in (self.ctrl_in, self.ctrl_out):
+                    os.close(fd)
+                zygote_main(theirs, preload, self.base_env)
             finally:
-                os._exit(126)
-        for end in (job_r, out_w, err_w, status_w):
-            os.close(end)
+                os._exit(127)
+        theirs.close()
+        if json.loads(mine.recv(4096) or b"{}").get("op") != "ready":
+            raise ZygoteLost("the zygote did not start")
+        mine.setblocking(False)
+        return pid, mine
+
+    def refill_spares(self) -> None:
+        """Ask the zygote for the spares that are missing; never blocks."""
+        missing = self.target_spares + len(self.waiting) - len(self.spares) - self.requested
+        if missing > 0:
+            self.zygote.send(b"f" * missing)
+            self.requested += missing
+
+    def on_zygote(self) -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.zygote, 4096, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                raise ZygoteLost("the zygote exited")
+            msg = json.loads(data)
+            if msg["op"] == "spare" and len(fds) == 4:
+                self.requested -= 1
+                self.adopt(int(msg["pid"]), fds)
+            elif msg["op"] == "exit":
+                self.on_child_exit(int(msg["pid"]), int(msg["status"]))
+            else:
+                for fd in fds:
+                    os.close(fd)
+
+    def adopt(self, pid: int, fds: list[int]) -> None:
+        job_w, out_r, err_r, status_r = fds
         for end in (out_r, err_r, status_r):
             os.set_blocking(end, False)
         proc = Proc(pid, job_w, out_r, err_r, status_r)
@@ -363,11 +537,9 @@ class Agent:
         for end, kind in ((out_r, "out"), (err_r, "err"), (status_r, "status")):
             self.sel.register(end, selectors.EVENT_READ, "proc")
             self.fd_owner[end] = (proc, kind)
-        return proc
-
-    def refill_spares(self) -> None:
-        while len(self.spares) < self.target_spares:
-            self.spares.append(self.fork_spare())
+        self.spares.append(proc)
+        while self.waiting and self.spares:
+            self.start_run(self.waiting.popleft())
 
     def discard(self, proc: Proc) -> None:
         """Kill a spare/worker and its whole session, forget it (idempotent)."""
@@ -404,7 +576,13 @@ class Agent:
                 else:
                     self.discard(cand)
         if proc is None:
-            proc = self.spares.pop() if self.spares else self.fork_spare()
+            if not self.spares:
+                self.waiting.append(job)
+                self.refill_spares()
+                return
+            # A deep-warmed spare first, then one that is not busy warming up, then any.
+            proc = min(self.spares, key=lambda p: ("deep", "light", "warming").index(p.warm))
+            self.spares.remove(proc)
             proc.session = session
             proc.mem_mb = mem_mb
         run = Run(job, proc)
@@ -447,9 +625,15 @@ class Agent:
             if len(proc.status_buf) > 4096:
                 self.fault_proc(proc, "worker sent an oversized status")
                 return
-            if b"\n" in proc.status_buf and proc.run is not None:
+            while b"\n" in proc.status_buf:
                 line, _, proc.status_buf = proc.status_buf.partition(b"\n")
-                self.on_worker_status(proc, line)
+                if line == b'{"warm": true}':
+                    proc.warm = "deep"
+                elif proc.run is not None:
+                    self.on_worker_status(proc, line)
+                else:
+                    self.fault_proc(proc, "status from a process with no run")
+                    return
             return
         if proc.run is not None:
             (proc.run.out if kind == "out" else proc.run.err).add(chunk)
@@ -524,13 +708,24 @@ class Agent:
                 return
             if pid == 0:
                 return
-            self.on_child_exit(pid, status)
+            if pid == self.zygote_pid:
+                raise ZygoteLost(f"the zygote exited with status {status}")
+            self.on_child_exit(pid, status)  # orphans of runs end up here (the agent is PID 1)
+
+    def _spare_in_flight(self, pid: int) -> bool:
+        """A child of the zygote: a spare whose pipes are on their way to the agent (or one being reaped)."""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            return int(stat[stat.rindex(b")") + 2 :].split()[1]) == self.zygote_pid
+        except (OSError, ValueError, IndexError):
+            return False
 
     def sweep(self) -> bool:
         """Kill every process that no live spare/worker/run owns; remove unowned /tmp files."""
         me = os.getpid()
         keep_sids = {p.pid for p in self.procs.values() if p.run is not None}
-        keep_pids = {p.pid for p in self.procs.values()}
+        keep_pids = {p.pid for p in self.procs.values()} | {self.zygote_pid}
         clean = True
         for _ in range(50):
             strays = []
@@ -545,7 +740,8 @@ class Agent:
                         continue
                 except OSError:
                     continue
-                strays.append(pid)
+                if not self._spare_in_flight(pid):
+                    strays.append(pid)
             if not strays:
                 break
             for pid in strays:
@@ -584,15 +780,20 @@ class Agent:
         write_frame(self.ctrl_out, msg)
 
     def serve(self) -> None:
-        self.refill_spares()
-        write_frame(self.ctrl_out, {"op": "ready", "pid": os.getpid()})
+        try:
+            self.refill_spares()
+            while len(self.spares) < self.target_spares:
+                self.sel.select(1.0)
+                self.on_zygote()
+            write_frame(self.ctrl_out, {"op": "ready", "pid": os.getpid()})
+            self.warm_spares()
+            self.loop()
+        except ZygoteLost as e:
+            write_frame(self.ctrl_out, {"op": "fault", "message": str(e)})
+
+    def loop(self) -> None:
         while True:
-            timeout = self.next_timeout()
-            # Fork replacement spares only while nothing waits: a fork under gVisor takes tens of ms.
-            if len(self.spares) < self.target_spares and not self.sel.select(0):
-                self.spares.append(self.fork_spare())
-                continue
-            for key, _ in self.sel.select(timeout):
+            for key, _ in self.sel.select(self.next_timeout()):
                 if key.data == "signal":
                     with contextlib.suppress(BlockingIOError):
                         while os.read(self.sig_r, 512):
@@ -607,6 +808,8 @@ class Agent:
                         self.start_run(msg)
                     elif msg.get("op") == "ping":
                         write_frame(self.ctrl_out, {"op": "pong"})
+                elif key.data == "zygote":
+                    self.on_zygote()
                 elif key.fd in self.fd_owner:
                     self.on_readable(key.fd)
             self.reap()
@@ -618,6 +821,19 @@ class Agent:
                     self.report(run)
                 if not clean:
                     write_frame(self.ctrl_out, {"op": "fault", "message": "could not kill leftover processes"})
+            self.refill_spares()
+            if not self.runs and not self.waiting:
+                self.warm_spares()
+
+    def warm_spares(self) -> None:
+        """The sandbox is idle: have the spares take the page faults of typical math code now."""
+        for proc in self.spares:
+            if proc.warm == "light":
+                try:
+                    write_frame(proc.job_w, {"op": "warm"})
+                except OSError:
+                    continue
+                proc.warm = "warming"
 
 
 def main() -> None:
@@ -627,8 +843,6 @@ def main() -> None:
     base_env = dict(args.get("env", {}))
     os.environ.clear()
     os.environ.update(base_env)
-    for name in args.get("preload", []):
-        __import__(name)
     # The protocol uses private copies of fds 0/1; the originals point nowhere useful.
     ctrl_in = os.dup(0)
     ctrl_out = os.dup(1)
@@ -637,9 +851,14 @@ def main() -> None:
     os.dup2(null, 1)
     os.makedirs(RUN_ROOT, exist_ok=True)
     os.chmod(RUN_ROOT, 0o1777)
-    gc.collect()
-    gc.freeze()
-    Agent(ctrl_in, ctrl_out, int(args.get("spares", 2)), base_env, int(args.get("worker_max_runs", 200))).serve()
+    Agent(
+        ctrl_in,
+        ctrl_out,
+        int(args.get("spares", 2)),
+        base_env,
+        int(args.get("worker_max_runs", 200)),
+        [str(m) for m in args.get("preload", [])],
+    ).serve()
 
 
 if __name__ == "__main__":
