@@ -154,8 +154,13 @@ async def start_server(
     settings: GrpcServerSettings,
     bindings: Sequence[ServiceBinding],
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    serving: bool = True,
 ) -> RunningServer:
-    """Create, bind and start a server with health, reflection and error mapping."""
+    """Create, bind and start a server with health, reflection and error mapping.
+
+    With `serving=False` health reports NOT_SERVING until the caller's `set_serving(True)`, for
+    services that have more to start (a REST server, a pool) after the gRPC port is bound.
+    """
     server = grpc.aio.server(
         interceptors=[ErrorMappingInterceptor(), *interceptors],
         options=server_options(settings),
@@ -174,20 +179,29 @@ async def start_server(
         raise OSError(f"could not bind gRPC server to {settings.host}:{settings.port}")
     await server.start()
     running = RunningServer(server=server, port=port, health=health_servicer, service_names=names)
-    await running.set_serving(True)
+    await running.set_serving(serving)
     return running
+
+
+def stop_event_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM/SIGINT. Call it first thing in a service, before slow start-up work,
+    so a stop request during start-up is a clean shutdown rather than a kill by the default handler."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 async def serve_until_signal(
     running: RunningServer,
     grace_seconds: float,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Block until SIGTERM/SIGINT, then mark NOT_SERVING, drain calls for `grace_seconds`, stop."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    """Block until SIGTERM/SIGINT (or `stop`), then mark NOT_SERVING, drain for `grace_seconds`, stop."""
+    if stop is None:
+        stop = stop_event_on_signals()
     await stop.wait()
     log.info("shutting_down", grace_seconds=grace_seconds)
     await running.set_serving(False)

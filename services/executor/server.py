@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from typing import Any
 
-from torl.common.grpc_server import ServiceBinding, start_server
+from torl.common.grpc_server import ServiceBinding, start_server, stop_event_on_signals
 from torl.common.logging import configure_logging, get_logger
 from torl.common.metrics import start_metrics_server
 from torl.executor.auth import KeyStore
@@ -26,6 +25,7 @@ log = get_logger("torl.executor")
 
 async def serve(settings: ExecutorSettings) -> None:
     configure_logging(settings.log_level, settings.log_json, service="executor")
+    stop = stop_event_on_signals()  # before the slow start-up: a SIGTERM then still shuts down cleanly
     keys = KeyStore(settings.rest.api_keys_file) if settings.rest.api_keys_file else None
     if keys is None and settings.rest.enabled and settings.role != "runner":
         if settings.rest.host not in LOOPBACK_HOSTS:  # config validation forbids it; belt and braces
@@ -41,17 +41,21 @@ async def serve(settings: ExecutorSettings) -> None:
     if settings.role == "gateway":
         remote = RemoteRunners(settings.runners, settings.grpc.max_message_mb)
         service = remote
-        health_facts = {"backend": "remote", "weak_isolation": False, "warning": ""}
+        health_facts = {"backend": "remote", "weak_isolation": False, "process_limit_enforced": None, "warning": ""}
     else:
         executor = make_executor(settings)
         service = executor
         backend = executor.pool.backend
-        from torl.executor.bwrap import WEAK_WARNING
+        from torl.executor.bwrap import NPROC_WARNING, WEAK_WARNING
 
+        warnings = [WEAK_WARNING] if backend.weak_isolation else []
+        if not backend.process_limit_enforced:
+            warnings.append(NPROC_WARNING)
         health_facts = {
             "backend": backend.name,
             "weak_isolation": backend.weak_isolation,
-            "warning": WEAK_WARNING if backend.weak_isolation else "",
+            "process_limit_enforced": backend.process_limit_enforced,
+            "warning": "; ".join(warnings),
         }
         await executor.pool.start(wait=True)
 
@@ -74,7 +78,7 @@ async def serve(settings: ExecutorSettings) -> None:
         name="torl.v1.Executor", servicer=servicer, add=executor_pb2_grpc.add_ExecutorServicer_to_server
     )
     metrics_port = start_metrics_server(settings.metrics_port, settings.metrics_host)
-    running = await start_server(settings.grpc, [binding])
+    running = await start_server(settings.grpc, [binding], serving=False)
 
     rest_server = None
     rest_task: asyncio.Task[None] | None = None
@@ -109,10 +113,7 @@ async def serve(settings: ExecutorSettings) -> None:
         **health_facts,
     )
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    await running.set_serving(True)  # gRPC, REST and the pool are all up
     await stop.wait()
     log.info("shutting_down", grace_seconds=settings.grpc.shutdown_grace_seconds)
     await running.set_serving(False)
