@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import grpc
 
-from torl.common.grpc_client import aio_channel
+from torl.rollout.tools import dependency_channel
 from torl.v1 import common_pb2, reward_pb2, reward_pb2_grpc, trajectory_pb2
 
 
@@ -31,7 +31,7 @@ class RewardScorer:
     def __init__(self, target: str, deadline_seconds: float = 60.0) -> None:
         self.target = target
         self.deadline_seconds = deadline_seconds
-        self._channel = aio_channel(target, max_attempts=3)
+        self._channel = dependency_channel(target)
         self._stub = reward_pb2_grpc.RewardStub(self._channel)
 
     async def score_group(self, group: trajectory_pb2.TrajectoryGroup) -> None:

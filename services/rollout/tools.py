@@ -15,8 +15,21 @@ from dataclasses import dataclass
 
 import grpc
 
-from torl.common.grpc_client import aio_channel
+from torl.common.grpc_client import channel_options
 from torl.v1 import common_pb2, executor_pb2, executor_pb2_grpc
+
+MAX_RECONNECT_BACKOFF_MS = 1000  # how long after the executor (or reward) returns calls may still fail
+
+
+def dependency_channel(target: str) -> grpc.aio.Channel:
+    """Channel to the executor or reward service. gRPC's reconnect backoff grows to 120 s by default:
+    after an outage every call would keep failing (trajectories excluded) for up to two minutes after
+    the service came back, so the rollout caps it."""
+    return grpc.aio.insecure_channel(target, options=[
+        *channel_options(max_attempts=3),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+    ])
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,7 @@ class ExecutorTools:
         self.batch_window = batch_window_ms / 1000.0
         self.max_batch = max_batch
         self.deadline_seconds = deadline_seconds
-        self._channel = aio_channel(target, max_attempts=3)
+        self._channel = dependency_channel(target)
         self._stub = executor_pb2_grpc.ExecutorStub(self._channel)
         self._pending: list[_Pending] = []
         self._timer: asyncio.TimerHandle | None = None
