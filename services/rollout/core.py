@@ -13,6 +13,7 @@ import uuid
 from dataclasses import replace
 
 from torl.common.errors import FailedPrecondition
+from torl.common.logging import get_logger
 from torl.common.redis_layout import format_version, version_key
 from torl.rollout import metrics
 from torl.rollout.config import RolloutSettings
@@ -22,6 +23,8 @@ from torl.rollout.scoring import RewardScorer
 from torl.rollout.tools import ExecutorTools
 from torl.rollout.weights import WeightReceiver
 from torl.v1 import common_pb2, rollout_pb2, trajectory_pb2
+
+log = get_logger("torl.rollout.core")
 
 
 def loop_config_from(settings: RolloutSettings) -> LoopConfig:
@@ -90,6 +93,8 @@ class RolloutCore:
             raise
         if prepared.truncated_from:
             metrics.PROMPTS_TRUNCATED.inc()
+            log.warning("prompt_truncated", prompt_id=prompt.prompt_id, tokens=prepared.truncated_from,
+                        kept=len(prepared.token_ids))
         return prepared
 
     def serving_at_least(self, v: common_pb2.WeightVersion) -> bool:

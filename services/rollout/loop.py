@@ -231,7 +231,7 @@ async def generate_group(
     model_tokens = sum(sum(t.loss_mask) for t in trajectories)
     if seconds > 0:
         metrics.GENERATED_TOKENS_PER_SECOND.set(model_tokens / seconds)
-    return trajectory_pb2.TrajectoryGroup(
+    group = trajectory_pb2.TrajectoryGroup(
         group_id=prompt.prompt_id,
         prompt=prompt,
         prompt_token_ids=prepared.token_ids,
@@ -239,3 +239,12 @@ async def generate_group(
         replica=replica,
         generation_seconds=seconds,
     )
+    if prepared.truncated_from:
+        group.prompt_truncated_from = prepared.truncated_from
+        group.notes.append(truncation_note(prepared.truncated_from, len(prepared.token_ids)))
+    return group
+
+
+def truncation_note(original: int, kept: int) -> str:
+    return (f"prompt truncated: {original} tokens over the prompt budget, only the last {kept} were generated from "
+            "(loop.prompt_overflow=truncate)")

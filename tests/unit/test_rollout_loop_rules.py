@@ -66,6 +66,41 @@ def test_prompt_checks() -> None:
     assert e.value.reason == "bad_tokens"
 
 
+def test_truncation_is_recorded_on_the_group() -> None:
+    import asyncio
+
+    from torl.rollout.engine import GenOutput, GenParams
+    from torl.rollout.loop import generate_group
+    from torl.v1 import common_pb2, trajectory_pb2
+
+    class OneTokenEngine(CharEngine):
+        async def generate(self, prompt_ids: list[int], params: GenParams) -> GenOutput:  # type: ignore[override]
+            return GenOutput([ord("!")], [-0.5], "stop", None)
+
+    class NoTools:
+        async def run(self, code: str) -> object:  # pragma: no cover - C=0 never calls it
+            raise AssertionError("no tool call expected")
+
+    eng = OneTokenEngine()
+    cfg = LoopConfig(prompt_template="Q: {problem}\nA:", max_prompt_tokens=20, prompt_overflow="truncate",
+                     max_tool_calls=0, group_size=2)
+    prompt = trajectory_pb2.Prompt(prompt_id="p1", problem="x" * 50)
+
+    def run(problem: str) -> trajectory_pb2.TrajectoryGroup:
+        prepared = prepare_prompt(eng, problem, cfg, frozenset(), None)
+        return asyncio.run(generate_group(eng, NoTools(), prompt, prepared, cfg,  # type: ignore[arg-type]
+                                          common_pb2.WeightVersion, "r0"))
+
+    group = run("x" * 50)
+    assert group.prompt_truncated_from == 56 and len(group.prompt_token_ids) == 20
+    assert len(group.notes) == 1
+    assert "prompt truncated: 56 tokens" in group.notes[0] and "last 20" in group.notes[0]
+    assert "loop.prompt_overflow=truncate" in group.notes[0]
+    assert [t.text for t in group.trajectories] == ["!", "!"]
+    short = run("1+1?")
+    assert short.prompt_truncated_from == 0 and list(short.notes) == []
+
+
 def test_overrides() -> None:
     base = loop_config_from(RolloutSettings())
     assert (base.group_size, base.max_tool_calls, base.max_response_tokens) == (16, 1, 3072)
