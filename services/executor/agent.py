@@ -52,8 +52,10 @@ from typing import Any, NoReturn
 RUN_ROOT = "/tmp/runs"
 # What a spare runs (into /dev/null) before it is handed a job. The light warm-up always runs
 # right after the fork; the deep one (typical first steps of math code) only when the agent asks,
-# which it does while the sandbox is idle, so it never costs throughput when runs are queued.
+# which it does once the sandbox has been idle a while, one spare at a time, so it never competes
+# with back-to-back runs and a request never waits on it while a lightly warmed spare is free.
 LIGHT_WARM_UP_CODE = "print(1)\n"
+DEEP_WARM_UP_AFTER_IDLE_SECONDS = 0.2  # back-to-back runs never trigger it; sporadic ones find it done
 DEEP_WARM_UP_CODE = """\
 try:
     import sympy
@@ -472,6 +474,7 @@ class Agent:
         self.finished: list[Run] = []
         self.waiting: deque[dict[str, Any]] = deque()  # runs that arrived while no spare was ready
         self.requested = 0  # spares asked of the zygote and not delivered yet
+        self.idle_since: float | None = None  # since when no run is in flight or waiting
         self.zygote_pid, self.zygote = self.start_zygote(preload)
         sig_r, sig_w = os.pipe()
         os.set_blocking(sig_w, False)
@@ -696,9 +699,19 @@ class Agent:
                 self.finish(run, kill=True)
 
     def next_timeout(self) -> float | None:
-        if not self.runs:
+        times = [r.deadline for r in self.runs.values()]
+        warm_at = self.deep_warm_up_at()
+        if warm_at is not None:
+            times.append(warm_at)
+        return max(0.0, min(times) - time.monotonic()) if times else None
+
+    def deep_warm_up_at(self) -> float | None:
+        """When to ask a spare for the deep warm-up (None: nothing to warm, or not idle)."""
+        if self.idle_since is None or any(p.warm == "warming" for p in self.spares):
             return None
-        return max(0.0, min(r.deadline for r in self.runs.values()) - time.monotonic())
+        if not any(p.warm == "light" for p in self.spares):
+            return None
+        return self.idle_since + DEEP_WARM_UP_AFTER_IDLE_SECONDS
 
     def reap(self) -> None:
         while True:
@@ -786,7 +799,7 @@ class Agent:
                 self.sel.select(1.0)
                 self.on_zygote()
             write_frame(self.ctrl_out, {"op": "ready", "pid": os.getpid()})
-            self.warm_spares()
+            self.idle_since = time.monotonic()
             self.loop()
         except ZygoteLost as e:
             write_frame(self.ctrl_out, {"op": "fault", "message": str(e)})
@@ -822,11 +835,16 @@ class Agent:
                 if not clean:
                     write_frame(self.ctrl_out, {"op": "fault", "message": "could not kill leftover processes"})
             self.refill_spares()
-            if not self.runs and not self.waiting:
-                self.warm_spares()
+            if self.runs or self.waiting:
+                self.idle_since = None
+            elif self.idle_since is None:
+                self.idle_since = time.monotonic()
+            warm_at = self.deep_warm_up_at()
+            if warm_at is not None and time.monotonic() >= warm_at:
+                self.warm_one_spare()
 
-    def warm_spares(self) -> None:
-        """The sandbox is idle: have the spares take the page faults of typical math code now."""
+    def warm_one_spare(self) -> None:
+        """The sandbox has been idle: have one spare take the page faults of typical math code now."""
         for proc in self.spares:
             if proc.warm == "light":
                 try:
@@ -834,6 +852,7 @@ class Agent:
                 except OSError:
                     continue
                 proc.warm = "warming"
+                return
 
 
 def main() -> None:
