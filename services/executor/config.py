@@ -47,6 +47,13 @@ class SandboxSettings(StrictModel):
         "ptrace", description="gVisor platform; ptrace is the one that works on plain VMs."
     )
     bwrap_path: str = Field("bwrap", description="The bubblewrap binary.")
+    bwrap_uid_base: int = Field(
+        910_000,
+        ge=1000,
+        le=2**31 - 8192,
+        description="Service running as root: bwrap sandbox n runs as unused host uid/gid base+n (so "
+        "RLIMIT_NPROC applies to it; Linux exempts host root).",
+    )
     state_dir: str = Field(
         "/tmp/torl-executor",
         description="Private dir for runsc state, bundles and the rootfs skeleton; leftovers are cleaned at start.",

@@ -83,6 +83,9 @@ class HealthBody(BaseModel):
     status: Literal["ok"]
     backend: str
     weak_isolation: bool
+    process_limit_enforced: bool | None = Field(
+        None, description="Whether the per-sandbox process limit holds (null on a gateway, which runs no code)."
+    )
     warning: str
     pool: dict[str, int]
 

@@ -183,6 +183,7 @@ class Backend(abc.ABC):
 
     name: str = ""
     weak_isolation: bool = False
+    process_limit_enforced: bool = True  # RLIMIT_NPROC (sandbox.max_processes) holds inside the sandbox
 
     @abc.abstractmethod
     def check(self) -> None:

@@ -3,8 +3,11 @@ and a hostile subset (the full hostile suite runs on gVisor)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import require_binary
@@ -15,6 +18,7 @@ pytestmark = pytest.mark.timeout(240)
 SESSION = executor_pb2.ISOLATION_SESSION
 STRICT = executor_pb2.ISOLATION_STRICT
 MAX_QUEUE = 100
+MAX_PROCESSES = 64
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +32,7 @@ def ex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executor]:
         "pool.slots_per_sandbox=1",
         "pool.worker_recycle_after_runs=3",
         f"pool.max_queue={MAX_QUEUE}",
+        f"sandbox.max_processes={MAX_PROCESSES}",
     ) as e:
         yield e
 
@@ -80,4 +85,39 @@ def test_thousand_concurrent_requests_over_the_queue_limit(ex: Executor) -> None
     assert len(ran) >= MAX_QUEUE  # the queue was used, not bypassed
     assert rejected, "1,000 runs on one slot with a queue of 100 must overflow"
     assert all(f"queue is full ({MAX_QUEUE} runs waiting)" in r.message for r in rejected)
+    assert_still_serves(stub)
+
+
+def _host_uids_of_agents() -> set[int]:
+    uids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"/opt/torl/agent.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                uids.add(os.stat(f"/proc/{pid}").st_uid)
+        except OSError:
+            continue
+    return uids
+
+
+def test_process_limit_holds_and_fork_bomb_is_harmless(ex: Executor) -> None:
+    """Linux exempts host root from RLIMIT_NPROC; a root service must start sandboxes as another uid."""
+    health = httpx.get(f"{ex.rest_url}/healthz", timeout=10).json()
+    assert health["process_limit_enforced"] is True, health
+    if os.geteuid() == 0:
+        uids = _host_uids_of_agents()
+        assert uids and 0 not in uids, uids
+    stub = ex.stub()
+    count = (
+        "import os, time\nn = 0\ntry:\n    while n < 1000:\n        if os.fork() == 0:\n"
+        "            time.sleep(30); os._exit(0)\n        n += 1\n    print('unbounded', n)\n"
+        "except OSError as e:\n    print('limited', n, e.errno)\n"
+    )
+    for isolation in (STRICT, SESSION):
+        r = execute(stub, count, timeout_seconds=20, isolation=isolation, session_id="bomb")
+        assert r.status == common_pb2.TOOL_STATUS_OK, r
+        word, n, errno = r.stdout.split()
+        assert word == "limited" and int(n) < MAX_PROCESSES and errno == "11", r.stdout
+        assert_still_serves(stub, isolation=isolation, session_id="bomb")
+    r = execute(stub, "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass", timeout_seconds=2)
+    assert r.status == common_pb2.TOOL_STATUS_TIMEOUT
     assert_still_serves(stub)
