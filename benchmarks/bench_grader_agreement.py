@@ -73,7 +73,8 @@ def main() -> int:
         by_family[f"{r['family']} ({side})"] += 1
         if len(examples) < 40:
             examples.append({"family": r["family"], "reference": r["reference"],
-                             "qwen_answer": qwen_rows[i]["qwen_answer"], "label": labels[i], "torl": torl[i], "qwen": qwen[i], "mode": r["mode"]})
+                             "qwen_answer": qwen_rows[i]["qwen_answer"], "label": labels[i],
+                             "torl": torl[i], "qwen": qwen[i], "mode": r["mode"]})
     result = {
         "pairs": n,
         "commit": (QWEN_SRC / "COMMIT").read_text().strip(),
