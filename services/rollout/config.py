@@ -84,6 +84,9 @@ class WeightSettings(StrictModel):
     nccl_master_port: int = Field(0, ge=0, le=65535, description="NCCL path: the learner's rendezvous port.")
     nccl_rank_offset: int = Field(1, ge=0, le=65535, description="NCCL path: this replica's first rank in the group.")
     nccl_world_size: int = Field(2, ge=2, le=65536, description="NCCL path: learner sender + all inference workers.")
+    nccl_packed: bool = Field(
+        True, description="NCCL path: packed broadcast buffers; must match the learner's sender (vLLM's default)."
+    )
 
 
 class DependencySettings(StrictModel):
@@ -161,3 +164,22 @@ class RolloutSettings(ServiceSettings):
     weights: WeightSettings = Field(default_factory=lambda: WeightSettings(), description="Weight updates.")
     deps: DependencySettings = Field(default_factory=lambda: DependencySettings(), description="Executor and reward.")
     queue: QueueSettings = Field(default_factory=lambda: QueueSettings(), description="Redis streams.")
+
+    @model_validator(mode="after")
+    def _nccl_rendezvous_complete(self) -> RolloutSettings:
+        if self.engine.weight_transfer != "nccl":
+            return self
+        w = self.weights
+        if not w.nccl_master_address or w.nccl_master_port == 0:
+            raise ValueError(
+                "engine.weight_transfer=nccl needs weights.nccl_master_address and weights.nccl_master_port"
+            )
+        if w.nccl_rank_offset < 1:
+            raise ValueError("weights.nccl_rank_offset must be >= 1 (rank 0 is the learner's sender)")
+        last = w.nccl_rank_offset + self.engine.tensor_parallel_size
+        if last > w.nccl_world_size:
+            raise ValueError(
+                f"weights.nccl_rank_offset ({w.nccl_rank_offset}) + engine.tensor_parallel_size "
+                f"({self.engine.tensor_parallel_size}) exceeds weights.nccl_world_size ({w.nccl_world_size})"
+            )
+        return self

@@ -195,7 +195,7 @@ class VllmEngine:
 
         await self._llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info))
 
-    async def nccl_update(self, update_info: dict[str, Any]) -> float:
+    async def nccl_update(self, update_info: dict[str, Any], version: str) -> float:
         """Receive one NCCL broadcast round from the learner while generation is paused."""
         from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
 
@@ -205,7 +205,7 @@ class VllmEngine:
             try:
                 await self._llm.start_weight_update()
                 await self._llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
-                await self._llm.finish_weight_update()
+                await self._llm.finish_weight_update(weight_version=version)
                 await self._llm.reset_prefix_cache(reset_running_requests=True)
             finally:
                 await self._llm.resume_generation()

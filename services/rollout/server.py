@@ -105,7 +105,7 @@ def build_core(settings: RolloutSettings) -> RolloutCore:
     from torl.rollout.engine import VllmEngine, resolve_model_dir
     from torl.rollout.scoring import RewardScorer
     from torl.rollout.tools import ExecutorTools
-    from torl.rollout.weights import WeightReceiver, read_checkpoint_specs
+    from torl.rollout.weights import WeightReceiver, nccl_init_info, read_checkpoint_specs
 
     model_dir = resolve_model_dir(settings.engine)
     max_len = settings.engine.max_model_len or settings.loop.max_prompt_tokens + settings.loop.max_response_tokens
@@ -122,13 +122,9 @@ def build_core(settings: RolloutSettings) -> RolloutCore:
     scorer = RewardScorer(deps.reward_target, deadline_seconds=deps.rpc_deadline_seconds)
     w = settings.weights
     nccl_info = None
-    if settings.engine.weight_transfer == "nccl" and w.nccl_master_address:
-        nccl_info = {
-            "master_address": w.nccl_master_address,
-            "master_port": w.nccl_master_port,
-            "rank_offset": w.nccl_rank_offset,
-            "world_size": w.nccl_world_size,
-        }
+    if settings.engine.weight_transfer == "nccl":  # config validation checked the rendezvous fields
+        nccl_info = nccl_init_info(w.nccl_master_address, w.nccl_master_port, w.nccl_rank_offset,
+                                   w.nccl_world_size, w.nccl_packed)
     receiver = WeightReceiver(
         engine,
         read_checkpoint_specs(model_dir),

@@ -49,7 +49,7 @@ class WeightSink(Protocol):
 
     async def nccl_init(self, init_info: dict[str, Any]) -> None: ...
 
-    async def nccl_update(self, update_info: dict[str, Any]) -> float: ...
+    async def nccl_update(self, update_info: dict[str, Any], version: str) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,29 @@ def write_safetensors(manifest: rollout_pb2.WeightManifest, payload: memoryview,
         fh.write(struct.pack("<Q", len(raw)))
         fh.write(raw)
         fh.write(payload)
+
+
+def nccl_init_info(master_address: str, master_port: int, rank_offset: int, world_size: int,
+                   packed: bool) -> dict[str, Any]:
+    """The worker-side init payload of vLLM's NCCL weight-transfer engine (NCCLWeightTransferInitInfo).
+
+    Rank 0 is the learner's sender; this replica's workers take ranks rank_offset .. rank_offset+TP-1.
+    """
+    if not master_address or not 0 < master_port < 65536:
+        raise ValueError(f"NCCL rendezvous needs an address and a port, got {master_address!r}:{master_port}")
+    if not 1 <= rank_offset < world_size:
+        raise ValueError(f"NCCL rank_offset {rank_offset} must be in [1, world_size={world_size})")
+    return {"master_address": master_address, "master_port": master_port, "rank_offset": rank_offset,
+            "world_size": world_size, "packed": packed}
+
+
+def nccl_update_info(manifest: rollout_pb2.WeightManifest) -> dict[str, Any]:
+    """The per-update payload (NCCLWeightTransferUpdateInfo): tensors in the learner's broadcast order."""
+    return {
+        "names": [s.name for s in manifest.tensors],
+        "dtype_names": [s.dtype for s in manifest.tensors],
+        "shapes": [[int(d) for d in s.shape] for s in manifest.tensors],
+    }
 
 
 def default_staging_dir() -> Path:
@@ -169,6 +192,9 @@ class WeightReceiver:
             metrics.WEIGHT_UPDATES.labels(outcome="stale").inc()
             log.warning("weight_update_rejected", reason=e.message)
             raise
+        except Unavailable:
+            metrics.WEIGHT_UPDATES.labels(outcome="failed").inc()
+            raise
         metrics.WEIGHT_UPDATES.labels(outcome="applied").inc()
         return result
 
@@ -222,22 +248,34 @@ class WeightReceiver:
         return UpdateResult(self.current(), receive_seconds, pause, manifest.total_bytes)
 
     async def _apply_nccl(self, manifest: rollout_pb2.WeightManifest, started: float) -> UpdateResult:
+        """The tensors arrive over NCCL while generation is paused; the manifest's sha256 cannot be checked
+        here (no bytes pass through gRPC) and only makes an identical re-push a no-op."""
         async with self._lock:
             if not self._check_version(manifest):
                 return UpdateResult(self.current(), 0.0, 0.0, 0)
             if not self._nccl_ready:
                 if not self._nccl_init_info:
                     raise FailedPrecondition("NCCL weight path selected but weights.nccl_* is not configured")
-                await self.sink.nccl_init(self._nccl_init_info)
+                try:
+                    await self.sink.nccl_init(self._nccl_init_info)
+                except Exception as e:
+                    log.error("nccl_init_failed", exc_info=e)
+                    raise Unavailable(f"NCCL weight-transfer rendezvous failed: {type(e).__name__}: {e}") from e
                 self._nccl_ready = True
-            info = {
-                "names": [s.name for s in manifest.tensors],
-                "dtype_names": [s.dtype for s in manifest.tensors],
-                "shapes": [list(s.shape) for s in manifest.tensors],
-            }
-            pause = await self.sink.nccl_update(info)
+            try:
+                pause = await self.sink.nccl_update(nccl_update_info(manifest), format_version(manifest.version))
+            except Exception as e:
+                # A half-received broadcast leaves the model in an unknown state: say so, keep the old version.
+                log.error("nccl_update_failed", exc_info=e)
+                raise Unavailable(f"NCCL weight update failed: {type(e).__name__}: {e}") from e
             self._commit(manifest)
-        return UpdateResult(self.current(), time.perf_counter() - started, pause, manifest.total_bytes)
+        receive_seconds = time.perf_counter() - started
+        metrics.WEIGHT_UPDATE_SECONDS.labels(phase="receive").observe(receive_seconds)
+        metrics.WEIGHT_UPDATE_SECONDS.labels(phase="pause").observe(pause)
+        metrics.WEIGHT_UPDATE_BYTES.inc(manifest.total_bytes)
+        log.info("weights_updated", path="nccl", version=format_version(self.version), bytes=manifest.total_bytes,
+                 pause_seconds=round(pause, 4))
+        return UpdateResult(self.current(), receive_seconds, pause, manifest.total_bytes)
 
     def _commit(self, manifest: rollout_pb2.WeightManifest) -> None:
         self.version.CopyFrom(manifest.version)
