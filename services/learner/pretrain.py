@@ -35,7 +35,9 @@ TEMPLATE = (
 EOS = "<|endoftext|>"
 STAMP = "torl_pretrain.json"
 
-_TOOL_OPENERS = (" Let me compute it with Python.", " I will use Python.", " Let me write code.")
+# One opener: the problem sits at a fixed offset before the code, so copying it is a fixed-offset
+# attention pattern rather than a content-matching (induction) task for a ~1M-parameter model.
+_TOOL_OPENERS = (" Let me compute it with Python.",)
 _DIRECT = (" The result is \\boxed{{{g}}}.", " It is \\boxed{{{g}}}.", " The answer is \\boxed{{{g}}}.")
 
 

@@ -253,22 +253,28 @@ class Trainer:
         """Block until the step has prompts_per_step usable groups (see module docstring)."""
         need = self.s.data.prompts_per_step
         deadline = time.monotonic() + self.s.loop.step_timeout_seconds
-        while len(self.ready) < need:
+        data = StepData()
+        while len(data.groups) < need:
             if self.stop_event.is_set():
                 raise TrainingError("stopped while waiting for data")
             if time.monotonic() > deadline:
                 raise TrainingError(
-                    f"step {self.step + 1}: only {len(self.ready)} of {need} groups within "
+                    f"step {self.step + 1}: only {len(data.groups)} of {need} groups within "
                     f"{self.s.loop.step_timeout_seconds:.0f}s; is rollout running?"
                 )
-            self.feed_prompts()
-            self.reissue_overdue()
-            for entry in self.buffer.read(count=need, block_ms=self.s.loop.read_block_ms):
-                self.accept(entry)
-        data = StepData()
-        for _ in range(need):
-            entry, stale = self.ready.popleft()
+            if not self.ready:
+                self.feed_prompts()
+                self.reissue_overdue()
+                for entry in self.buffer.read(count=need, block_ms=self.s.loop.read_block_ms):
+                    self.accept(entry)
+                continue
+            entry, _ = self.ready.popleft()
             assert entry.group is not None
+            # A group read ahead during an earlier step is judged again at the version it trains at.
+            stale = self.staleness_of(entry.group)
+            if stale is None or stale > self.s.loop.max_staleness:
+                self._drop_stale(entry)
+                continue
             data.groups.append(entry.group)
             data.entry_ids.append(entry.entry_id)
             data.staleness.append(stale)
@@ -292,10 +298,7 @@ class Trainer:
             return
         stale = self.staleness_of(g)
         if stale is None or stale > self.s.loop.max_staleness:
-            self.buffer.ack([entry.entry_id])
-            self.counters.dropped_stale += 1
-            m.GROUPS.labels(outcome="dropped_stale").inc()
-            self.reissue(g.group_id, g.prompt)
+            self._drop_stale(entry)
             return
         if all(t.excluded for t in g.trajectories):
             self.buffer.ack([entry.entry_id])
@@ -304,6 +307,13 @@ class Trainer:
             self.reissue(g.group_id, g.prompt)
             return
         self.ready.append((entry, stale))
+
+    def _drop_stale(self, entry: Entry) -> None:
+        assert entry.group is not None
+        self.buffer.ack([entry.entry_id])
+        self.counters.dropped_stale += 1
+        m.GROUPS.labels(outcome="dropped_stale").inc()
+        self.reissue(entry.group.group_id, entry.group.prompt)
 
     def staleness_of(self, g: trajectory_pb2.TrajectoryGroup) -> int | None:
         """Versions between the group's oldest start version and now; None if its weights are lost.
@@ -340,7 +350,7 @@ class Trainer:
             ahead = (len(self.outstanding) + len(new)) // per_step
             new.append(trajectory_pb2.Prompt(
                 prompt_id=pid, problem=p.problem, answer=p.answer, dataset=p.dataset,
-                step=self.step + 1 + ahead, min_version=self.min_version(), group_size=self.s.data.group_size,
+                step=self.step + 1 + ahead, min_version=self.min_version(ahead), group_size=self.s.data.group_size,
             ))
         if new:
             self.buffer.publish_prompts(new)
@@ -348,8 +358,10 @@ class Trainer:
             for p in new:
                 self.outstanding[p.prompt_id] = Outstanding(p, now)
 
-    def min_version(self) -> common_pb2.WeightVersion:
-        step = max(self.resumed_from_step, self.step - self.s.loop.max_staleness)
+    def min_version(self, ahead: int = 0) -> common_pb2.WeightVersion:
+        """Oldest weights a prompt may be sampled with: it is trained `ahead` steps from now, when
+        the learner is at version step + ahead, and must then be at most max_staleness old."""
+        step = max(self.resumed_from_step, min(self.step, self.step + ahead - self.s.loop.max_staleness))
         return common_pb2.WeightVersion(incarnation=self.incarnation, step=step)
 
     def reissue(self, prompt_id: str, prompt: trajectory_pb2.Prompt | None = None) -> None:
