@@ -128,7 +128,7 @@ def bench_backend(backend: str, seconds: float, n: int) -> dict[str, Any]:
         stub = ex.stub()
         res["service_rss_mb"] = rss_mb(ex.proc.pid)
         sandbox_rss = sum(rss_mb(p) for p in descendants(ex.proc.pid))
-        pool = httpx.get(f"{ex.rest_url}/healthz").json()["pool"]["size"]
+        pool = httpx.get(f"{ex.rest_url}/healthz", timeout=30).json()["pool"]["size"]
         res["per_sandbox_rss_mb"] = sandbox_rss / max(1, pool)
         for iso_name, iso in (("session", executor_pb2.ISOLATION_SESSION), ("strict", executor_pb2.ISOLATION_STRICT)):
             def call(code: str, iso: int = iso) -> executor_pb2.ExecuteResponse:
@@ -150,7 +150,10 @@ def bench_backend(backend: str, seconds: float, n: int) -> dict[str, Any]:
                 fails += r.observation != "2*sqrt(2)"
             tp = throughput(lambda: call("print(1)").status == common_pb2.TOOL_STATUS_OK, 32, seconds)
             body = {"code": "print(1)", "isolation": iso_name, "session_id": "bench"}
-            with httpx.Client() as http:
+            with httpx.Client(timeout=60) as http:
+                # REST callers are another tenant than gRPC ones: the first call may wait for a sandbox handover.
+                for _ in range(3):
+                    http.post(f"{ex.rest_url}/v1/runs", json=body)
                 rest_lat = []
                 for _ in range(n):
                     t = time.perf_counter()
