@@ -49,7 +49,7 @@ keys:
 SECRET = "S3CRET-of-team-a-7f1c2e"
 
 # Caller A: leaves its secret everywhere a run can put it, then stays alive while B looks.
-HOLDER = f"""
+HOLDER = """
 import os, subprocess, sys, time
 secret = sys.stdin.read().strip()
 os.environ["TEAM_A_TOKEN"] = secret
@@ -139,7 +139,8 @@ def test_rest_auth_and_limits(ex: Executor) -> None:
 def test_grpc_requires_a_key_when_configured(ex: Executor) -> None:
     stub = executor_pb2_grpc.ExecutorStub(grpc.insecure_channel(ex.grpc_target))
     req = executor_pb2.ExecuteRequest(code="print('RAN')")
-    for md, needle in (((), "missing API key"), ((("authorization", "Bearer nope-nope-nope-nope"),), "unknown API key")):
+    wrong = (("authorization", "Bearer nope-nope-nope-nope"),)
+    for md, needle in (((), "missing API key"), (wrong, "unknown API key")):
         with pytest.raises(grpc.RpcError) as e:
             stub.Execute(req, metadata=md, timeout=30)
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and needle in (e.value.details() or "")
