@@ -1,0 +1,82 @@
+"""`torl up` starts its own Redis and every service, and Ctrl-C (SIGINT) stops all of them: no
+process it started (services, vLLM workers, sandboxes, redis-server) is left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, require_binary
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.gvisor]
+
+
+def descendants(root: int) -> set[int]:
+    """PIDs below `root`, from /proc (parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out: set[int] = set()
+    todo = [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_up_starts_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    require_binary("redis-server")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torl.cli.main", "up", "--run-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 500
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "all services healthy" in line:
+            break
+    text = "".join(lines)
+    assert "all services healthy" in text, text
+    assert "starting redis-server on 127.0.0.1:" in text
+    for name in ("executor", "reward", "rollout", "learner"):
+        assert f"starting {name}" in text and "SERVING" in text
+    started = descendants(proc.pid)
+    names = {Path(f"/proc/{p}/comm").read_text().strip() for p in started if alive(p)}
+    assert "redis-server" in names
+    assert (tmp_path / "redis" / "appendonlydir").is_dir() or any((tmp_path / "redis").glob("*.aof*"))
+
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(60)
+    assert rc == 0, proc.stdout.read()
+    time.sleep(1.0)
+    left = [p for p in started if alive(p)]
+    assert not left, [Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:200] for p in left]
