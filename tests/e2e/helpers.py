@@ -183,6 +183,15 @@ def tree_usage(pid: int) -> TreeUsage:
     return TreeUsage(alive, fds, rss)
 
 
+def process_usage(pid: int) -> TreeUsage:
+    """The same counts for one process alone (a service's own fds, without its sandboxes')."""
+    try:
+        p = psutil.Process(pid)
+        return TreeUsage(1, p.num_fds(), p.memory_info().rss)
+    except psutil.NoSuchProcess:
+        return TreeUsage(0, 0, 0)
+
+
 def runsc_sandboxes(state_dir: Path, prefix: str) -> list[str]:
     """Container names with `prefix` in the executor's own runsc root (state_dir/runsc)."""
     root = state_dir / "runsc"
