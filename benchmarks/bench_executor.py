@@ -179,12 +179,78 @@ def bench_backend(backend: str, seconds: float, n: int) -> dict[str, Any]:
     return res
 
 
+def compare_agents(old_agent: str, backends: list[str], n: int, concurrent: int) -> dict[str, Any]:
+    """Strict runs on two one-sandbox pools side by side, one with `old_agent` and one with the
+    current agent, requests interleaved (old, new, old, new, ...) so both see the same load."""
+    import asyncio
+
+    import torl.executor.sandbox as sandbox_module
+    from torl.executor.config import ExecutorSettings
+    from torl.executor.core import Caller, Executor, RunRequest, make_executor
+
+    current = str(sandbox_module.AGENT_FILE)
+
+    async def start(agent: str, backend: str, state: str) -> Executor:
+        sandbox_module.AGENT_FILE = Path(agent)  # read when each sandbox's launch command is built
+        ex = make_executor(ExecutorSettings(sandbox={"backend": backend, "state_dir": state}, pool={"size": 1}))
+        await ex.pool.start(wait=True)
+        return ex
+
+    async def run(backend: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2:
+            pools = {"old": await start(old_agent, backend, d1)}
+            pools["new"] = await start(current, backend, d2)
+            try:
+                caller = Caller("bench")
+                for label, code in (("print1", "print(1)"), ("sympy", SYMPY)):
+                    lat: dict[str, list[float]] = {k: [] for k in pools}
+                    for _ in range(n):
+                        for k, ex in pools.items():
+                            t = time.perf_counter()
+                            o = await ex.run(RunRequest(code=code, isolation="strict"), caller)
+                            lat[k].append(time.perf_counter() - t)
+                            assert o.status == "ok", o
+                    for k in pools:
+                        out[f"{k}_{label}_p50_seconds"] = statistics.median(lat[k])
+                for k, ex in pools.items():
+                    t = time.perf_counter()
+                    outs = await asyncio.gather(
+                        *(ex.run(RunRequest(code="print(1)", isolation="strict"), caller) for _ in range(concurrent))
+                    )
+                    out[f"{k}_throughput_per_second"] = concurrent / (time.perf_counter() - t)
+                    out[f"{k}_failures"] = sum(o.status != "ok" for o in outs)
+            finally:
+                for ex in pools.values():
+                    await ex.pool.close()
+        return out
+
+    return {b: asyncio.run(run(b)) for b in backends}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("-n", type=int, default=60)
     ap.add_argument("--backends", default="gvisor,bwrap")
+    ap.add_argument("--compare-agent", default="",
+                    help="Only compare strict runs of this older agent.py with the current one, interleaved.")
     args = ap.parse_args()
+    if args.compare_agent:
+        ab = compare_agents(args.compare_agent, args.backends.split(","), args.n, 60)
+        for backend, r in ab.items():
+            ms = {k: v * 1000 for k, v in r.items() if k.endswith("_p50_seconds")}
+            print(f"[{backend}/strict, one sandbox each, interleaved] print(1) p50 old "
+                  f"{ms['old_print1_p50_seconds']:.1f} ms / new {ms['new_print1_p50_seconds']:.1f} ms; "
+                  f"sympy p50 old {ms['old_sympy_p50_seconds']:.1f} / new {ms['new_sympy_p50_seconds']:.1f} ms; "
+                  f"60 at once old {r['old_throughput_per_second']:.1f}/s "
+                  f"/ new {r['new_throughput_per_second']:.1f}/s; "
+                  f"failures {r['old_failures'] + r['new_failures']}")
+        out = REPO / "benchmarks" / "results" / "executor_agent_compare.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(ab, indent=2))
+        print(f"wrote {out}")
+        return
     bare_lat = bare_latency("print(1)", args.n)
     bare_tp = throughput(lambda: subprocess.run([PYTHON, "-c", "print(1)"], capture_output=True).returncode == 0,
                          32, args.seconds)
