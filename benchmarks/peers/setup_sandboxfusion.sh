@@ -24,6 +24,10 @@ rm -rf "$SF/SandboxFusion" && mkdir -p "$SF/SandboxFusion"
 git --git-dir="$MIRROR" archive "$COMMIT" sandbox pyproject.toml LICENSE 2>/dev/null \
   | tar -x -C "$SF/SandboxFusion" --exclude='sandbox/tests/datasets/*'
 echo "$COMMIT" > "$SF/SandboxFusion/COMMIT"
+# the server mounts its built docs site at start-up; an empty one is enough to serve the API
+mkdir -p "$SF/SandboxFusion/docs/build" && echo "<html></html>" > "$SF/SandboxFusion/docs/build/index.html"
+# local.yaml loads its evaluation datasets from here (left out above); /run_code needs none
+mkdir -p "$SF/SandboxFusion/sandbox/tests/datasets/samples"
 cat > "$SF/bin/activate" <<SH
 # stand-in for conda's activate: put envs/\$1/bin first on PATH
 export PATH="$SF/envs/\$1/bin:\$PATH"
