@@ -1,0 +1,32 @@
+"""The README's first command: the full local training demo must finish within 20 minutes and
+show learning (mean reward and tool-use rate rise from the first to the last steps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import REPO, require_binary
+
+pytestmark = [pytest.mark.slow, pytest.mark.gvisor, pytest.mark.timeout(1500)]
+
+
+def test_demo_runs_end_to_end_and_learns() -> None:
+    require_binary("redis-server")
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ}, timeout=1400)
+    seconds = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert seconds < 20 * 60
+    report = REPO / "runs" / "demo" / "learner" / "report"
+    for name in ("reward.png", "accuracy.png", "tool_use.png", "response_length.png", "summary.md"):
+        assert (report / name).is_file()
+    s = json.loads((report / "summary.json").read_text())
+    assert s["steps"] >= 60
+    assert s["reward_mean_last"] > s["reward_mean_first"] + 0.3
+    assert s["tool_use_rate_last"] > s["tool_use_rate_first"] + 0.2
