@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,10 @@ def alive(proc: subprocess.Popen[bytes]) -> bool:
     return proc.poll() is None
 
 
+def next_step_or_exit(steps_done: Callable[[], int], seen: int, proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    return lambda: steps_done() > seen or not alive(proc)
+
+
 def test_soak_of_the_training_loop_has_no_resource_growth(tmp_path: Path) -> None:
     with running_loop(tmp_path, "soak", loop_config(STEPS, PROMPTS)) as loop:
         learner = loop.start_learner("0")
@@ -54,8 +59,7 @@ def test_soak_of_the_training_loop_has_no_resource_growth(tmp_path: Path) -> Non
         seen = 0
         t0 = time.monotonic()
         while seen < STEPS:
-            done_before = seen
-            wait_for(lambda n=done_before: loop.steps_done() > n or not alive(lproc), 900, f"step {seen + 1}")
+            wait_for(next_step_or_exit(loop.steps_done, seen, lproc), 900, f"step {seen + 1}")
             if not alive(lproc) and loop.steps_done() < STEPS:
                 raise AssertionError(learner.log_path.read_text(errors="replace")[-4000:])
             seen = loop.steps_done()
