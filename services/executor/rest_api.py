@@ -48,7 +48,12 @@ class RunBody(BaseModel):
     memory_limit_mb: int = Field(0, ge=0, le=1_048_576, description="Address-space limit; 0 = server default.")
     isolation: Literal["strict", "session"] | None = Field(None, description="Default: the key's isolation.")
     session_id: str = Field("", max_length=256, description="Groups session-mode runs of one caller.")
-    request_id: str = Field("", max_length=128, description="Echoed back; generated when empty.")
+    request_id: str = Field(
+        "",
+        max_length=128,
+        pattern=r"^[ -~]*$",  # printable ASCII: it is echoed in the X-Request-Id header
+        description="Echoed back (also as X-Request-Id); printable ASCII; generated when empty.",
+    )
 
 
 class RunResult(BaseModel):

@@ -178,3 +178,11 @@ def test_schemathesis_fuzz(ex: Executor) -> None:
         checked += 1
     assert checked == 3
     assert_still_serves(ex.stub())
+
+
+def test_request_id_that_cannot_be_a_header_is_refused(ex: Executor) -> None:
+    """The request id is echoed in X-Request-Id: a control character in it is a 422, not a dropped connection."""
+    r = httpx.post(f"{ex.rest_url}/v1/runs", json={"code": "print(1)", "request_id": "\u001f"}, headers=auth())
+    assert r.status_code == 422 and "request_id" in r.json()["error"], r.text
+    r = httpx.post(f"{ex.rest_url}/v1/runs", json={"code": "print(1)", "request_id": "ok id-1"}, headers=auth())
+    assert r.status_code == 200 and r.headers["x-request-id"] == "ok id-1"
