@@ -44,10 +44,10 @@ def test_sandbox_killed_from_outside_gives_sandbox_error_and_pool_recovers(tmp_p
         before = runsc_sandboxes(state, prefix)
         assert len(before) == 1, before
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            t0 = time.monotonic()
             fut = pool.submit(execute, stub, SLEEPER, timeout_seconds=50, deadline=90)
             time.sleep(3.0)  # the run is inside the sandbox, sleeping
             assert not fut.done()
+            t0 = time.monotonic()
             killed = subprocess.run(["runsc", "--root", str(state / "runsc"), "kill", before[0], "KILL"],
                                     capture_output=True, text=True, timeout=30, check=False)
             assert killed.returncode == 0, killed.stderr
@@ -56,7 +56,7 @@ def test_sandbox_killed_from_outside_gives_sandbox_error_and_pool_recovers(tmp_p
         assert r.status == common_pb2.TOOL_STATUS_SANDBOX_ERROR, (r.status, r.message)
         assert r.message, "a sandbox_error must say what happened"
         assert "finished" not in r.stdout
-        assert elapsed < 30, f"the caller waited {elapsed:.1f}s for a dead sandbox"
+        assert elapsed < 25, f"the caller waited {elapsed:.1f}s after its sandbox was killed"
         # The pool starts a replacement and the service answers correctly again.
         recovery = wait_for(lambda: _serves(stub), 180, "a correct run after the sandbox was killed", 1.0)
         after = runsc_sandboxes(state, prefix)
@@ -64,7 +64,8 @@ def test_sandbox_killed_from_outside_gives_sandbox_error_and_pool_recovers(tmp_p
         m = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         assert metric_sum(m, "torl_executor_requests_total", status="sandbox_error") >= 1
         assert metric_sum(m, "torl_executor_sandbox_recycled_total") >= 1
-        print(f"sandbox kill: status sandbox_error after {elapsed:.1f}s, serving again after {recovery:.1f}s")
+        print(f"sandbox kill: sandbox_error {elapsed:.1f}s after the kill ({r.message[:80]!r}), "
+              f"serving again {recovery:.1f}s later")
 
 
 def _serves(stub: executor_pb2_grpc.ExecutorStub) -> bool:
