@@ -172,7 +172,7 @@ def main() -> int:
     from torl.learner.datasets import ArithDataset
     from torl.rollout.tiny_model import PROMPT_TEMPLATE
 
-    torch.set_num_threads(int(os.environ.get("TRL_TORCH_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("TRL_TORCH_THREADS", "1")))  # as the torl learner (torch_threads: 1)
     tok = AutoTokenizer.from_pretrained(args.model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
