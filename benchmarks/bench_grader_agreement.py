@@ -49,11 +49,11 @@ def grade_qwen(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]
     payload = "".join(json.dumps({"prediction": r["prediction"], "reference": r["reference"]}) + "\n" for r in rows)
     t0 = time.perf_counter()
     proc = subprocess.run([str(QWEN_PY), str(ROOT / "benchmarks" / "peers" / "qwen_grade.py")], input=payload,
-                          capture_output=True, text=True, check=True)
+                          stdout=subprocess.PIPE, text=True, check=True)
     seconds = time.perf_counter() - t0
     out = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     if len(out) != len(rows):
-        raise RuntimeError(f"Qwen grader returned {len(out)} verdicts for {len(rows)} pairs:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"Qwen grader returned {len(out)} verdicts for {len(rows)} pairs")
     return out, seconds
 
 
