@@ -36,9 +36,13 @@ def finish(loop: Loop, learner: Child, timeout: float) -> None:
     assert learner.proc.returncode == 0, learner.log_path.read_text(errors="replace")[-4000:]
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "a restarted rollout replica serves its base weights (version 0:0) and nobody re-pushes the current ones: "
+    "services/learner/trainer.py pushes weights only after a step (and at start), so the replica holds the "
+    "prompts (min_version ahead of what it serves) and the learner waits until step_timeout_seconds and fails"))
 def test_rollout_replica_killed_mid_generation(tmp_path: Path) -> None:
     steps, prompts = 5, 4
-    with running_loop(tmp_path, "rkill", loop_config(steps, prompts)) as loop:
+    with running_loop(tmp_path, "rkill", loop_config(steps, prompts, step_timeout_seconds=300)) as loop:
         learner = loop.start_learner("a")
         wait_for(lambda: loop.steps_done() >= 2, 900, "step 2")
         # Kill while the replica holds prompts of the next step (it is generating them).
@@ -55,7 +59,7 @@ def test_rollout_replica_killed_mid_generation(tmp_path: Path) -> None:
         loop.start_rollout("b", metrics_port)
         # The restarted replica drains its own backlog: the held prompts are acked (their groups written).
         r = loop.redis()
-        recovered = wait_for(lambda: not set(held) & set(loop.prompts_pending_of("rollout-0")), 900,
+        recovered = wait_for(lambda: not set(held) & set(loop.prompts_pending_of("rollout-0")), 420,
                              "the held prompts to be completed", 0.5)
         recovery_seconds = time.monotonic() - t_kill
         m = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
