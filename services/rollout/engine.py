@@ -149,6 +149,10 @@ class VllmEngine:
             logprobs=0,
             output_kind=RequestOutputKind.FINAL_ONLY,
             skip_special_tokens=False,
+            # vLLM's text is only needed to match stop strings (we decode ids ourselves). Without it the
+            # output processor also skips decoding every sampled token for its Logprob entry: measured as
+            # most of the main thread's per-token work (benchmarks/bench_rollout.py --profile).
+            detokenize=bool(params.stop),
         )
         self.stats.in_flight += 1
         final = None
