@@ -4,8 +4,9 @@ Read `Trainer.run` top to bottom; each step:
 1. keep (max_staleness + 1) x prompts_per_step prompts outstanding on the prompts stream, in
    dataset order (epochs, seeded shuffle), tagged with the weight version rollout must serve;
 2. read trajectory groups until the step has `prompts_per_step` usable ones: malformed entries go
-   to the dead-letter stream, groups already applied (by id) are duplicates, groups more than
-   max_staleness versions old are dropped and counted, groups with no usable response are dropped;
+   to the dead-letter stream, groups already applied, read ahead or taken into this step (by id)
+   are duplicates, groups more than max_staleness versions old are dropped and counted, groups
+   with no usable response are dropped;
    the prompt of a dropped group, or of a group that has not arrived within the deadline, is
    re-issued;
 3. one optimizer step (torl.learner.engine), version (incarnation, step + 1);
@@ -132,6 +133,7 @@ class Trainer:
         self.incarnation = 0
         self.resumed_from_step = 0
         self.ready: deque[tuple[Entry, int]] = deque()  # usable groups read ahead, with staleness
+        self.collecting: set[str] = set()  # group ids already taken into the step being collected
         self.unacked: list[str] = []  # applied entries waiting for a durable checkpoint
         self.phase = "starting"
         self.last_eval: dict[str, float] = {}
@@ -201,6 +203,7 @@ class Trainer:
         for g in data.groups:
             self.applied_ids.add(g.group_id)
             self.outstanding.pop(g.group_id, None)
+        self.collecting.clear()
         self.unacked.extend(data.entry_ids)
         self.counters.applied += len(data.groups)
         # Audit trail: which groups each (incarnation, step) applied; resume tests replay it.
@@ -254,6 +257,7 @@ class Trainer:
         need = self.s.data.prompts_per_step
         deadline = time.monotonic() + self.s.loop.step_timeout_seconds
         data = StepData()
+        self.collecting.clear()
         while len(data.groups) < need:
             if self.stop_event.is_set():
                 raise TrainingError("stopped while waiting for data")
@@ -277,6 +281,7 @@ class Trainer:
                 continue
             data.groups.append(entry.group)
             data.entry_ids.append(entry.entry_id)
+            self.collecting.add(entry.group.group_id)
             data.staleness.append(stale)
             m.STALENESS.observe(stale)
         return data
@@ -290,9 +295,9 @@ class Trainer:
             log.warning("dead_letter", entry_id=entry.entry_id, reason=entry.error)
             return
         g = entry.group
-        queued = {e.group.group_id for e, _ in self.ready if e.group is not None}
-        if g.group_id in self.applied_ids or g.group_id in queued:
-            self.buffer.ack([entry.entry_id])  # the original is applied or pending: this copy adds nothing
+        if g.group_id in self.applied_ids or g.group_id in self.collecting or g.group_id in self._queued_ids():
+            # The original is applied, in the step being collected, or read ahead: this copy adds nothing.
+            self.buffer.ack([entry.entry_id])
             self.counters.duplicate += 1
             m.GROUPS.labels(outcome="duplicate").inc()
             return
@@ -307,6 +312,9 @@ class Trainer:
             self.reissue(g.group_id, g.prompt)
             return
         self.ready.append((entry, stale))
+
+    def _queued_ids(self) -> set[str]:
+        return {e.group.group_id for e, _ in self.ready if e.group is not None}
 
     def _drop_stale(self, entry: Entry) -> None:
         assert entry.group is not None
@@ -368,7 +376,7 @@ class Trainer:
         """Put a prompt on the stream again (next attempt, current min version)."""
         rec = self.outstanding.get(prompt_id)
         base = rec.prompt if rec is not None else prompt
-        if base is None or not base.prompt_id or prompt_id in self.applied_ids:
+        if base is None or not base.prompt_id or prompt_id in self.applied_ids or prompt_id in self.collecting:
             return
         p = trajectory_pb2.Prompt()
         p.CopyFrom(base)
@@ -381,9 +389,9 @@ class Trainer:
 
     def reissue_overdue(self) -> None:
         limit = time.monotonic() - self.s.loop.reissue_after_seconds
-        queued = {e.group.group_id for e, _ in self.ready if e.group is not None}
+        arrived = self._queued_ids() | self.collecting
         for pid, rec in list(self.outstanding.items()):
-            if rec.issued_at < limit and pid not in queued:
+            if rec.issued_at < limit and pid not in arrived:
                 log.warning("prompt_reissued", prompt_id=pid, attempt=rec.prompt.attempt + 1)
                 self.reissue(pid)
 
