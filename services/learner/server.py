@@ -1,6 +1,8 @@
 """gRPC adapter of the learner: serves GetStatus and, with `train: true`, runs the trainer.
 
-The trainer is blocking (DeepSpeed), so it runs in a thread; GetStatus reads its counters. When
+The trainer is blocking (DeepSpeed), so it runs in a thread; GetStatus reads its counters. The
+metrics module is imported here, at start, so /metrics lists every learner family before (and
+without) a trainer: dashboards and alerts see the names, with no samples yet. When
 training finishes and `loop.exit_when_done` is set, the process stops itself the same way SIGTERM
 would; a trainer failure makes the process exit 1 after the server drained.
 """
@@ -16,6 +18,7 @@ import grpc
 from torl.common.grpc_server import RunningServer, ServiceBinding
 from torl.common.logging import get_logger
 from torl.common.service import run_grpc_service
+from torl.learner import metrics  # noqa: F401  registers every learner metric: an idle learner lists them too
 from torl.learner.config import LearnerSettings
 from torl.v1 import common_pb2, learner_pb2, learner_pb2_grpc
 

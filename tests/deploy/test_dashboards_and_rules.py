@@ -193,14 +193,12 @@ def test_dashboards_and_alerts_name_only_exported_metrics() -> None:
 
 
 # The rollout starts its vLLM engine before serving (about a minute on a 2-core CPU): slow.
-# The learner creates its metrics only inside the trainer (train=true needs a model, Redis and
-# DeepSpeed), so an idle learner serves none of them yet; its names are checked from its metrics
-# module above until its server imports torl.learner.metrics at start.
+# The learner is started idle (train=false): its server registers every learner metric at start.
 LIVE_SERVICES = [
     "executor",
     "reward",
     pytest.param("rollout", marks=pytest.mark.slow),
-    pytest.param("learner", marks=pytest.mark.skip(reason="an idle learner does not register its metrics yet")),
+    "learner",
 ]
 assert len(LIVE_SERVICES) == len(SERVICES)
 
