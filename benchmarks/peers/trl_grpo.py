@@ -19,7 +19,9 @@ project's own torch/transformers). What it runs, exactly:
   generating up to the same 48-token budget (observation tokens count against it, as in torl);
 - reward: +1 if the last \\boxed{} equals the reference answer, else -1 (in-process, cheap).
 
-Prints one JSON line: per-step seconds (after warm-up), tool calls per step, reward.
+Prints one JSON line: per-step seconds (after warm-up) and their rollout part (TRL's
+`_generate_and_score_completions`: generation, tool calls, reward, advantages) and the rest
+(forward/backward/optimizer), tool calls per step, reward.
 
     benchmarks/.venv-trl/bin/python benchmarks/peers/trl_grpo.py --model DIR --steps 12 [--tool]
 """
@@ -205,6 +207,18 @@ def main() -> int:
 
     trainer = GRPOTrainer(model=model, reward_funcs=boxed_reward, args=cfg, train_dataset=ds, processing_class=tok,
                           rollout_func=rollout, callbacks=[Clock()])
+    # Time TRL's rollout part of each step (generate + reward + advantages) to separate it from
+    # the forward/backward/optimizer part.
+    gen_times: list[float] = []
+    generate_and_score = trainer._generate_and_score_completions
+
+    def timed(inputs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = generate_and_score(inputs)
+        gen_times.append(time.perf_counter() - t0)
+        return out
+
+    trainer._generate_and_score_completions = timed
     trainer.train()
     steps = [b - a for a, b in itertools.pairwise(stamps)][args.warmup :]
     rewards = [float(x["reward"]) for x in log_rows[args.warmup :] if "reward" in x]
@@ -212,6 +226,8 @@ def main() -> int:
     print(json.dumps({
         "side": "trl", "tool": args.tool, "steps": len(steps), "step_seconds": steps,
         "step_seconds_p50": statistics.median(steps), "step_seconds_mean": statistics.fmean(steps),
+        "rollout_seconds_p50": statistics.median(gen_times[args.warmup :]),
+        "train_seconds_p50": statistics.median(s - g for s, g in zip(steps, gen_times[args.warmup :], strict=False)),
         "tool_calls_total": rollout.calls if rollout else 0,
         "tool_calls_per_step": (rollout.calls / args.steps) if rollout else 0.0,
         "reward_mean": statistics.fmean(rewards) if rewards else None,
