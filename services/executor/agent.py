@@ -25,12 +25,22 @@ Processes inside the sandbox:
   orphans), reaps zombies and removes every file under /tmp that no live run owns.
 - Wall-clock limits are enforced here with SIGKILL to the run's session, and again by the host,
   which destroys the whole sandbox if the agent itself stops answering.
+
+Process mode (the `process` backend, for runner pods that are themselves a gVisor sandbox): the
+agent is a plain child process of the service, not the first process of a sandbox of its own. It
+then owns a private root directory instead of /tmp (work dirs live under it; it alone is wiped),
+becomes a child subreaper so every orphan of a run stays in its process tree, kills and cleans only
+inside that tree, and makes itself, the zygote and the spares non-dumpable (a run cannot ptrace
+them or read their /proc files, though it shares their uid). Each spare also gets its own rlimits:
+RLIMIT_NPROC (the uid's current tasks plus `nproc_extra`), RLIMIT_FSIZE, RLIMIT_NOFILE, no core
+dumps, and dies with the zygote (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import gc
 import io
 import json
@@ -49,7 +59,15 @@ import types
 from collections import deque
 from typing import Any, NoReturn
 
+# What the agent owns and wipes after every run: the sandbox's private /tmp, or in process mode the
+# private root directory the backend made for this sandbox (set by main()).
+SCRATCH = "/tmp"
 RUN_ROOT = "/tmp/runs"
+# Process mode only (None otherwise): the rlimits every spare sets for itself.
+PROCESS_LIMITS: dict[str, int] | None = None
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
 # What a spare runs (into /dev/null) before it is handed a job. The light warm-up always runs
 # right after the fork; the deep one (typical first steps of math code) only when the agent asks,
 # which it does once the sandbox has been idle a while, one spare at a time, so it never competes
@@ -130,6 +148,51 @@ def _drop_privileges() -> None:
         os.setgroups([])
         os.setgid(SANDBOX_UID)
         os.setuid(SANDBOX_UID)  # clears every capability of this process
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+
+
+def tasks_of_uid(uid: int) -> int:
+    """Processes and threads whose real uid is `uid` (what Linux counts against RLIMIT_NPROC)."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as f:
+                status = f.read()
+        except OSError:
+            continue
+        real_uid = threads = None
+        for line in status.splitlines():
+            if line.startswith(b"Uid:"):
+                real_uid = int(line.split()[1])
+            elif line.startswith(b"Threads:"):
+                threads = int(line.split()[1])
+        if real_uid == uid:
+            total += threads or 1
+    return total
+
+
+def _apply_process_limits(limits: dict[str, int]) -> None:
+    """Process mode: the limits a sandbox would otherwise set for its whole process tree, per spare."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid switch, which clears it
+    _prctl(PR_SET_DUMPABLE, 0)  # a run cannot ptrace or read /proc of another spare of its uid
+    # Linux counts every task of the uid against RLIMIT_NPROC (the service, other sandboxes), so the
+    # limit is what the uid runs now plus what one run may add.
+    nproc = tasks_of_uid(os.getuid()) + int(limits["nproc_extra"])
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    fsize = int(limits["fsize_bytes"])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nofile = int(limits["nofile"]) if hard == resource.RLIM_INFINITY else min(int(limits["nofile"]), hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def _set_memory_limit(ctx: ChildContext, mem_mb: int) -> None:
@@ -306,6 +369,8 @@ def _spawn_spare(sock: socket.socket, base_env: dict[str, str]) -> None:
                         os.close(n)
             _drop_privileges()
             os.setsid()
+            if PROCESS_LIMITS is not None:
+                _apply_process_limits(PROCESS_LIMITS)
             _warm_up(base_env, LIGHT_WARM_UP_CODE)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
@@ -365,6 +430,28 @@ def zygote_main(sock: socket.socket, preload: list[str], base_env: dict[str, str
 
 # ---------------------------------------------------------------------------------------------
 # Agent side
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root` (by parent pid, from one pass over /proc)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 class ZygoteLost(Exception):
@@ -735,17 +822,20 @@ class Agent:
             return False
 
     def sweep(self) -> bool:
-        """Kill every process that no live spare/worker/run owns; remove unowned /tmp files."""
+        """Kill every process that no live spare/worker/run owns; remove unowned files in SCRATCH.
+        In process mode only processes in the agent's own tree are candidates (the pod's others,
+        the service included, are not the agent's to kill)."""
         me = os.getpid()
         keep_sids = {p.pid for p in self.procs.values() if p.run is not None}
         keep_pids = {p.pid for p in self.procs.values()} | {self.zygote_pid}
         clean = True
         for _ in range(50):
             strays = []
-            for name in os.listdir("/proc"):
-                if not name.isdigit():
-                    continue
-                pid = int(name)
+            if PROCESS_LIMITS is not None:
+                candidates = descendants(me)
+            else:
+                candidates = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+            for pid in candidates:
                 if pid in (1, me) or pid in keep_pids:
                     continue
                 try:
@@ -765,8 +855,8 @@ class Agent:
         else:
             clean = False
         live = {r.id for r in self.runs.values()}
-        for name in os.listdir("/tmp"):
-            path = os.path.join("/tmp", name)
+        for name in os.listdir(SCRATCH):
+            path = os.path.join(SCRATCH, name)
             if name == "runs":
                 for run_dir in os.listdir(path):
                     if run_dir not in live:
@@ -855,8 +945,23 @@ class Agent:
                 return
 
 
+def _enter_process_mode(root: str, limits: dict[str, Any]) -> None:
+    """The agent is a plain child of the service: own a private root, keep orphans in this tree,
+    be untraceable by runs of the same uid, and die with the service."""
+    global SCRATCH, RUN_ROOT, PROCESS_LIMITS
+    SCRATCH = root
+    RUN_ROOT = os.path.join(root, "runs")
+    PROCESS_LIMITS = {k: int(limits[k]) for k in ("nproc_extra", "fsize_bytes", "nofile")}
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_DUMPABLE, 0)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.chdir(root)
+
+
 def main() -> None:
     args = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    if args.get("process") is not None:
+        _enter_process_mode(str(args["root"]), dict(args["process"]))
     for path in args.get("site", []):
         sys.path.insert(0, path)
     base_env = dict(args.get("env", {}))
@@ -869,7 +974,8 @@ def main() -> None:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.makedirs(RUN_ROOT, exist_ok=True)
-    os.chmod(RUN_ROOT, 0o1777)
+    # Runs drop to uid 65534 when the agent is root; otherwise they share the agent's uid.
+    os.chmod(RUN_ROOT, 0o1777 if os.getuid() == 0 else 0o700)
     Agent(
         ctrl_in,
         ctrl_out,

@@ -91,6 +91,9 @@ class BwrapBackend(Backend):
     def prepare(self) -> None:
         log.warning("weak_isolation", backend="bwrap", warning=WEAK_WARNING)
 
+    def health_warnings(self) -> list[str]:
+        return [WEAK_WARNING] + ([] if self.process_limit_enforced else [NPROC_WARNING])
+
     def _host_uid(self, name: str) -> int:
         with self._lock:
             if name not in self._uids:

@@ -39,8 +39,16 @@ class RestSettings(StrictModel):
 class SandboxSettings(StrictModel):
     """How sandboxes are made."""
 
-    backend: Literal["auto", "gvisor", "bwrap"] = Field(
-        "auto", description="gvisor (runsc OCI bundles), bwrap (weaker), or auto: gvisor when runsc works."
+    backend: Literal["auto", "gvisor", "bwrap", "process"] = Field(
+        "auto",
+        description="gvisor (runsc OCI bundles), bwrap (weaker), process (plain child processes: only inside a "
+        "gVisor pod, or with allow_unsandboxed_process), or auto: gvisor when runsc works, else bwrap when it "
+        "works, else process only when this service itself runs inside gVisor.",
+    )
+    allow_unsandboxed_process: bool = Field(
+        False,
+        description="With backend=process outside gVisor: run untrusted code as plain processes on this host's "
+        "kernel anyway (development only; logged and reported by /healthz as UNSANDBOXED).",
     )
     runsc_path: str = Field("runsc", description="The runsc binary (name on PATH or absolute path).")
     runsc_platform: Literal["ptrace", "kvm", "systrap"] = Field(
@@ -75,8 +83,23 @@ class SandboxSettings(StrictModel):
         description="Modules imported by the resident interpreter before any run.",
     )
     tmpfs_mb: int = Field(256, ge=16, le=65536, description="Size of the sandbox's /tmp (work dirs live there).")
-    max_processes: int = Field(256, ge=16, le=65536, description="RLIMIT_NPROC inside the sandbox.")
+    max_processes: int = Field(
+        256,
+        ge=16,
+        le=65536,
+        description="RLIMIT_NPROC inside the sandbox (backend=process: processes and threads a run may add to "
+        "those its uid already has when its process is forked).",
+    )
     start_timeout_seconds: float = Field(90.0, ge=1.0, le=900.0, description="Longest a sandbox may take to start.")
+
+    @model_validator(mode="after")
+    def _check_unsandboxed(self) -> SandboxSettings:
+        if self.allow_unsandboxed_process and self.backend != "process":
+            raise ValueError(
+                f"sandbox.allow_unsandboxed_process=true needs sandbox.backend=process (got {self.backend!r}): "
+                "backend=auto never runs untrusted code unsandboxed"
+            )
+        return self
 
 
 class PoolSettings(StrictModel):
@@ -155,6 +178,11 @@ class ExecutorSettings(ServiceSettings):
             raise ValueError(
                 f"rest.host={self.rest.host!r} needs rest.api_keys_file: without API keys the REST server "
                 "binds to loopback only"
+            )
+        if self.sandbox.backend == "process" and self.role == "all" and self.rest.api_keys_file is not None:
+            raise ValueError(
+                "sandbox.backend=process runs untrusted code as this service's own uid, which can read "
+                "rest.api_keys_file: run role=runner (no keys) behind a role=gateway instead"
             )
         if self.role == "gateway" and not self.runners:
             raise ValueError("role=gateway needs at least one entry in runners")

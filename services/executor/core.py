@@ -203,29 +203,57 @@ class Executor:
 
 
 def make_backend(settings: ExecutorSettings) -> Backend:
-    """The configured backend; `auto` picks gVisor when runsc works, else bubblewrap (loudly)."""
+    """The configured backend. `auto`: gVisor when runsc works, else bubblewrap when it works (loudly),
+    else the process backend only when this service itself runs inside gVisor; never unsandboxed."""
     from torl.executor.bwrap import BwrapBackend
     from torl.executor.gvisor import GVisorBackend
+    from torl.executor.process import ProcessBackend, gvisor_markers, process_layout
 
     sb = settings.sandbox
-    layout = build_layout(sb)
-    if sb.backend == "gvisor":
-        backend: Backend = GVisorBackend(sb, layout)
+    backend: Backend
+    if sb.backend == "process":
+        backend = ProcessBackend(sb, process_layout(sb))
         backend.check()
         return backend
-    if sb.backend == "auto" and shutil.which(sb.runsc_path) is not None and os.geteuid() == 0:
+    layout = build_layout(sb)
+    if sb.backend == "gvisor":
+        backend = GVisorBackend(sb, layout)
+        backend.check()
+        return backend
+    if sb.backend == "bwrap":
+        backend = BwrapBackend(sb, layout)
+        backend.check()
+        return backend
+    reasons: list[str] = []
+    if shutil.which(sb.runsc_path) is None or os.geteuid() != 0:
+        reasons.append("gvisor: needs runsc on PATH and root")
+    else:
         try:
             backend = GVisorBackend(sb, layout)
             backend.check()
             return backend
         except SandboxError as e:
             log.warning("gvisor_unavailable", reason=str(e))
-    backend = BwrapBackend(sb, layout)
+            reasons.append(f"gvisor: {e}")
+    try:
+        backend = BwrapBackend(sb, layout)
+        backend.check()
+        return backend
+    except SandboxError as e:
+        log.warning("bwrap_unavailable", reason=str(e))
+        reasons.append(f"bwrap: {e}")
+    markers = gvisor_markers()
+    if not markers:
+        raise SandboxError(
+            "no sandbox backend works here (" + "; ".join(reasons) + "), and this service does not run inside "
+            "gVisor, so backend=auto will not run untrusted code as plain processes"
+        )
+    log.info("auto_backend_process", reason="this service runs inside gVisor", markers=markers)
+    backend = ProcessBackend(sb, process_layout(sb))
     backend.check()
     return backend
 
 
 def make_executor(settings: ExecutorSettings) -> Executor:
     backend = make_backend(settings)
-    layout = build_layout(settings.sandbox)
-    return Executor(settings, Pool(backend, layout, settings.sandbox, settings.pool))
+    return Executor(settings, Pool(backend, backend.layout, settings.sandbox, settings.pool))

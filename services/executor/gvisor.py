@@ -19,7 +19,7 @@ from typing import Any
 
 from torl.common.logging import get_logger
 from torl.executor.config import SandboxSettings
-from torl.executor.sandbox import Backend, Layout, SandboxError
+from torl.executor.sandbox import Backend, Layout, SandboxError, is_leftover
 
 log = get_logger("torl.executor.gvisor")
 
@@ -147,33 +147,13 @@ class GVisorBackend(Backend):
         self.bundles.mkdir(parents=True, exist_ok=True)
         listed = self._runsc("list", "-quiet")
         for name in listed.stdout.split():
-            if self._is_leftover(name):
+            if is_leftover(name, self.settings.name_prefix):
                 log.warning("removing_leftover_sandbox", sandbox=name)
                 self.destroy(name)
         for stale in self.bundles.iterdir():
-            if self._is_leftover(stale.name):
+            if is_leftover(stale.name, self.settings.name_prefix):
                 shutil.rmtree(stale, ignore_errors=True)
         make_rootfs(self.rootfs, self.layout)
-
-    def _is_leftover(self, name: str) -> bool:
-        """Ours (by prefix) and made by a process that no longer runs (names carry the owner's pid)."""
-        prefix = self.settings.name_prefix + "-"
-        if not name.startswith(prefix):
-            return False
-        parts = name[len(prefix):].split("-")
-        token = parts[1] if parts[0] == "check" and len(parts) > 1 else parts[0]
-        if not token.isdigit():
-            return True
-        owner = int(token)
-        if owner == os.getpid():
-            return True
-        try:
-            os.kill(owner, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
 
     def launch_command(self, name: str, agent_args: list[str]) -> list[str]:
         bundle = self.bundles / name

@@ -88,6 +88,10 @@ class HealthBody(BaseModel):
     status: Literal["ok"]
     backend: str
     weak_isolation: bool
+    unsandboxed: bool = Field(
+        False,
+        description="Untrusted code runs as plain processes on this host's kernel (process backend outside gVisor).",
+    )
     process_limit_enforced: bool | None = Field(
         None, description="Whether the per-sandbox process limit holds (null on a gateway, which runs no code)."
     )

@@ -1,11 +1,12 @@
 """The sandbox interface: run jobs in a started sandbox, whatever backend made it.
 
-A sandbox is one long-lived isolated environment (a gVisor container or a bubblewrap jail) whose
+A sandbox is one long-lived isolated environment (a gVisor container, a bubblewrap jail, or, with
+the process backend, a plain child process inside a pod that gVisor already isolates) whose
 first process is the agent (services/executor/agent.py): a resident interpreter with the math
 modules imported that forks a fresh process (or reuses a session worker) per run. The host talks
 to it over the sandbox's stdin/stdout with length-prefixed JSON frames.
 
-Backends (gvisor.py, bwrap.py) only say how to launch and destroy one; everything else (frames,
+Backends (gvisor.py, bwrap.py, process.py) only say how to launch and destroy one; everything else (frames,
 futures, hard deadlines, failure typing) lives here so both behave identically.
 """
 
@@ -125,16 +126,19 @@ class Layout:
     python: str
     binds: tuple[tuple[str, str], ...]
     env: dict[str, str] = field(default_factory=dict)
+    agent_path: str = AGENT_PATH_IN_SANDBOX
+    site: tuple[str, ...] = (SITE_IN_SANDBOX,)
 
     def agent_args(self, preload: list[str], spares: int, worker_max_runs: int) -> list[str]:
+        """The agent's command line; its last element is the agent's JSON options."""
         args = {
-            "site": [SITE_IN_SANDBOX],
+            "site": list(self.site),
             "preload": preload,
             "env": self.env,
             "spares": spares,
             "worker_max_runs": worker_max_runs,
         }
-        return [self.python, "-I", "-B", AGENT_PATH_IN_SANDBOX, json.dumps(args)]
+        return [self.python, "-I", "-B", self.agent_path, json.dumps(args)]
 
 
 def _package_dirs(name: str) -> list[Path]:
@@ -178,12 +182,49 @@ def build_layout(settings: SandboxSettings) -> Layout:
     return Layout(python=python, binds=tuple(binds), env=env)
 
 
+def is_leftover(name: str, prefix: str) -> bool:
+    """A sandbox name of ours (by prefix) made by a process that no longer runs (names carry the owner's pid)."""
+    prefix = prefix + "-"
+    if not name.startswith(prefix):
+        return False
+    parts = name[len(prefix):].split("-")
+    token = parts[1] if parts[0] == "check" and len(parts) > 1 else parts[0]
+    if not token.isdigit():
+        return True
+    owner = int(token)
+    if owner == os.getpid():
+        return True
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Backend(abc.ABC):
     """How to launch and destroy one sandbox whose first process is the agent."""
 
     name: str = ""
+    layout: Layout
     weak_isolation: bool = False
+    unsandboxed: bool = False  # untrusted code runs on the host's own kernel with no sandbox at all
     process_limit_enforced: bool = True  # RLIMIT_NPROC (sandbox.max_processes) holds inside the sandbox
+
+    def health_warnings(self) -> list[str]:
+        """What /healthz and the start-up log must say about this backend's isolation."""
+        return []
+
+    def launch_env(self) -> dict[str, str] | None:
+        """Environment of the launch command (None: the service's own)."""
+        return None
+
+    def spawning(self, name: str) -> None:  # noqa: B027 - a hook most backends do not need
+        """Sandbox `name` is about to be forked."""
+
+    def spawned(self, name: str, pid: int | None) -> None:  # noqa: B027 - a hook most backends do not need
+        """Sandbox `name` was forked as `pid` (None: it could not be)."""
 
     @abc.abstractmethod
     def check(self) -> None:
@@ -221,14 +262,19 @@ class Sandbox:
 
     async def start(self, timeout: float) -> None:
         t0 = time.monotonic()
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            limit=1 << 20,
-        )
+        self.backend.spawning(self.name)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                limit=1 << 20,
+                env=self.backend.launch_env(),
+            )
+        finally:
+            self.backend.spawned(self.name, self.proc.pid if self.proc is not None else None)
         self._stderr = asyncio.create_task(self._log_stderr())
         try:
             ready = await asyncio.wait_for(self._read_frame(), timeout)

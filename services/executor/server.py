@@ -41,21 +41,29 @@ async def serve(settings: ExecutorSettings) -> None:
     if settings.role == "gateway":
         remote = RemoteRunners(settings.runners, settings.grpc.max_message_mb)
         service = remote
-        health_facts = {"backend": "remote", "weak_isolation": False, "process_limit_enforced": None, "warning": ""}
+        health_facts = {
+            "backend": "remote",
+            "weak_isolation": False,
+            "unsandboxed": False,
+            "process_limit_enforced": None,
+            "warning": "",
+        }
     else:
-        executor = make_executor(settings)
+        from torl.executor.sandbox import SandboxError
+
+        try:
+            executor = make_executor(settings)
+        except SandboxError as e:
+            log.error("no_sandbox_backend", backend=settings.sandbox.backend, error=str(e))
+            raise SystemExit(f"executor: sandbox backend {settings.sandbox.backend!r} cannot run here: {e}") from None
         service = executor
         backend = executor.pool.backend
-        from torl.executor.bwrap import NPROC_WARNING, WEAK_WARNING
-
-        warnings = [WEAK_WARNING] if backend.weak_isolation else []
-        if not backend.process_limit_enforced:
-            warnings.append(NPROC_WARNING)
         health_facts = {
             "backend": backend.name,
             "weak_isolation": backend.weak_isolation,
+            "unsandboxed": backend.unsandboxed,
             "process_limit_enforced": backend.process_limit_enforced,
-            "warning": "; ".join(warnings),
+            "warning": "; ".join(backend.health_warnings()),
         }
         await executor.pool.start(wait=True)
 
