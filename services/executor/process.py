@@ -45,6 +45,7 @@ from torl.executor.sandbox import AGENT_FILE, Backend, Layout, SandboxError, bui
 
 log = get_logger("torl.executor.process")
 
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 # gVisor's kernel reports this fixed version string (no builder, no compiler, unlike any real build).
 GVISOR_PROC_VERSION = "Linux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016"
@@ -146,10 +147,14 @@ class ProcessBackend(Backend):
     # -- lifecycle ------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Become a subreaper (orphans of dead agents come here to be killed), remove leftovers."""
+        """Become a non-dumpable subreaper (orphans of dead agents come here to be killed), remove leftovers."""
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), 0, 0, 0) != 0:
-            raise SandboxError(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
+        # Runs share this process's uid: non-dumpable, it cannot be ptraced by them and its /proc files
+        # (environ, mem, ...) become unreadable to them.
+        for option, what in ((PR_SET_CHILD_SUBREAPER, "PR_SET_CHILD_SUBREAPER"), (PR_SET_DUMPABLE, "PR_SET_DUMPABLE")):
+            value = 1 if option == PR_SET_CHILD_SUBREAPER else 0
+            if libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
+                raise SandboxError(f"prctl({what}): {os.strerror(ctypes.get_errno())}")
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o711)
         for stale in self.root.iterdir():
