@@ -135,6 +135,11 @@ def training() -> dict[str, Any]:
             ("max by (stream) (torl_learner_stream_length)", "{{stream}}"),
             ("max(torl_learner_pending_groups)", "pending ack")]),
         Panel("Redis memory", [("max(torl_learner_redis_memory_bytes)", "used_memory")], unit="bytes"),
+        Panel("Redis outages ridden out by the learner", [
+            (f"sum by (op) (increase(torl_learner_redis_errors_total[{RATE}]))", "retried {{op}}"),
+            (f"sum(rate(torl_learner_redis_unavailable_seconds_total[{RATE}]))", "share of time waiting")],
+              description="Commands retried after connection/timeout errors, and the share of time the "
+              "learner waited for Redis (1 = waiting the whole interval)."),
     ])
 
 

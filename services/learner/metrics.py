@@ -39,6 +39,13 @@ WEIGHT_PUSH_FAILURES = Counter(
 )
 WEIGHT_PUSH_BYTES = Counter("torl_learner_weight_push_bytes_total", "Bytes of weights pushed (all replicas).")
 REDIS_MEMORY = Gauge("torl_learner_redis_memory_bytes", "Redis used_memory.")
+REDIS_ERRORS = Counter(
+    "torl_learner_redis_errors_total", "Redis commands that failed and were retried (connection, timeout, lost group).",
+    ["op"],
+)
+REDIS_UNAVAILABLE_SECONDS = Counter(
+    "torl_learner_redis_unavailable_seconds_total", "Time the learner waited for Redis to answer again."
+)
 STREAM_LENGTH = Gauge("torl_learner_stream_length", "Entries in a run stream.", ["stream"])
 PENDING = Gauge("torl_learner_pending_groups", "Trajectory entries read but not yet acked (waiting for a checkpoint).")
 EVAL_ACCURACY = Gauge("torl_learner_eval_accuracy_ratio", "Held-out accuracy at the last evaluation.")

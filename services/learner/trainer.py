@@ -116,13 +116,15 @@ class Trainer:
         self.eval_set: list[Problem] = list(self.dataset.eval())[: settings.data.max_eval_prompts]
         self.verifier = self.dataset if isinstance(self.dataset, Verifier) else None
         self.order = FeedOrder(len(self.train_set), settings.data.seed, settings.data.shuffle)
-        self.buffer = RedisBuffer(settings.redis_url, settings.run_id, settings.buffer)
+        self.stop_event = threading.Event()
+        # Redis commands ride out a Redis restart for as long as a step may wait for data.
+        self.buffer = RedisBuffer(settings.redis_url, settings.run_id, settings.buffer,
+                                  retry_seconds=settings.loop.step_timeout_seconds, stop=self.stop_event)
         self.ckpt = CheckpointManager(self.out / "checkpoints", settings.checkpoint.keep_last)
         self._engine_factory = engine_factory
         self.engine: Any = None
         self.sender: Any = None
         self.pusher: Any = None
-        self.stop_event = threading.Event()
         # State saved in every checkpoint.
         self.step = 0
         self.cursor = 0  # next feed position
@@ -527,7 +529,10 @@ class Trainer:
         pending = self.buffer.pending_count()
         m.PENDING.set(pending)
         return {"redis_used_memory_bytes": mem["used_memory_bytes"], "redis_pending": pending,
-                "redis_trajectories_len": mem["trajectories_len"]}
+                "redis_trajectories_len": mem["trajectories_len"],
+                # Outages the learner rode out (retried commands, seconds waited), cumulative.
+                "redis_errors_total": self.buffer.errors,
+                "redis_unavailable_seconds_total": round(self.buffer.unavailable_seconds, 3)}
 
     def record(self, row: dict[str, Any], groups: list[trajectory_pb2.TrajectoryGroup]) -> None:
         with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as f:

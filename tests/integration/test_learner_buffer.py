@@ -1,18 +1,23 @@
 """The learner's Redis buffer against a real redis-server: prompt feed, pending re-claim after a
-restart, acks, dead letters for malformed groups, MAXLEN and memory reporting."""
+restart, acks, dead letters for malformed groups, MAXLEN and memory reporting, and riding out a
+Redis restart (retries with backoff, counted; nothing lost)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from tests.conftest import free_port, require_binary
+from tests.e2e.helpers import RedisServer
 from torl.cli.local import Supervisor
-from torl.common.redis_layout import PAYLOAD_FIELD, PROMPT_GROUP, RunKeys
-from torl.learner.buffer import RedisBuffer, validate_group
+from torl.common.redis_layout import PAYLOAD_FIELD, PROMPT_GROUP, TRAJECTORY_GROUP, RunKeys
+from torl.learner.buffer import RedisBuffer, RedisUnavailable, validate_group
 from torl.learner.config import BufferSettings
 from torl.v1 import trajectory_pb2
 
@@ -92,8 +97,6 @@ def test_idle_pending_entries_of_another_consumer_are_claimed(redis_url: str) ->
     eid = add(redis_url, "r3", group("g").SerializeToString())
     assert [e.entry_id for e in other.read(10, 100)] == [eid]
     mine = RedisBuffer(redis_url, "r3", BufferSettings(consumer="learner-new", claim_min_idle_ms=1))
-    import time
-
     time.sleep(0.01)
     claimed = mine.read(10, 100)
     assert [e.entry_id for e in claimed] == [eid]
@@ -145,3 +148,93 @@ def test_excluded_trajectory_needs_no_token_arrays() -> None:
     assert validate_group(g) == ""
     g.trajectories[0].loss_mask[0] = 2
     assert "0 or 1" in validate_group(g)
+
+
+def read_until(buf: RedisBuffer, want: int, timeout: float = 30.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    got: list[str] = []
+    while len(got) < want and time.monotonic() < deadline:
+        got += [e.entry_id for e in buf.read(10, 100)]
+    return got
+
+
+def test_buffer_rides_out_redis_restarts(tmp_path: Path) -> None:
+    """Redis restarted (graceful, AOF) while the learner reads: commands are retried with backoff,
+    counted, and nothing is lost — an entry whose reply died with the connection is re-read from
+    this consumer's pending list; Redis back without its data gets its consumer groups again."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        errors_before = REGISTRY.get_sample_value("torl_learner_redis_errors_total", {"op": "read"}) or 0.0
+        buf = RedisBuffer(server.url, "r5", BufferSettings(claim_min_idle_ms=0), retry_seconds=30)
+        buf.ensure_streams()
+        first = add(server.url, "r5", group("g0").SerializeToString())
+        assert read_until(buf, 1) == [first]
+        # An entry delivered to this consumer whose reply never reached it (lost with the connection).
+        lost = add(server.url, "r5", group("g1").SerializeToString())
+        raw = redis.Redis.from_url(server.url)
+        raw.xreadgroup(TRAJECTORY_GROUP, "learner-0", {RunKeys("r5").trajectories: ">"}, count=10)
+        raw.close()
+
+        server.stop_graceful()
+        restarter = threading.Timer(2.0, server.start)
+        restarter.start()
+        t0 = time.monotonic()
+        buf.publish_prompts([trajectory_pb2.Prompt(prompt_id="p-during-outage", problem="q", answer="1")])
+        waited = time.monotonic() - t0
+        restarter.join()
+        assert waited >= 1.0, "publish returned while Redis was down"
+        assert buf.errors >= 1 and buf.unavailable_seconds >= 1.0, (buf.errors, buf.unavailable_seconds)
+        r = redis.Redis.from_url(server.url)
+        assert r.xlen(RunKeys("r5").prompts) == 1
+
+        # A read while Redis is down is retried until it is back, then this consumer's own pending
+        # list is read again: the entry whose reply was lost comes back, and new entries follow.
+        server.stop_graceful()
+        later: list[str] = []
+
+        def restart_and_write() -> None:
+            server.start()
+            later.append(add(server.url, "r5", group("g2").SerializeToString()))
+
+        restarter = threading.Timer(1.0, restart_and_write)
+        restarter.start()
+        got = read_until(buf, 2)
+        restarter.join()
+        assert sorted(got) == sorted([lost, *later])
+        errors = REGISTRY.get_sample_value("torl_learner_redis_errors_total", {"op": "read"}) or 0.0
+        assert errors > errors_before
+        assert buf.ack([first, lost, *later]) == 3
+        assert buf.pending_count() == 0
+
+        # Redis back empty (no persistence): the consumer group is created again and reading goes on.
+        server.kill9()
+        fresh = RedisServer(tmp_path / "redis-empty", port=server.port)
+        fresh.start()
+        try:
+            new = add(fresh.url, "r5", group("g3").SerializeToString())
+            assert read_until(buf, 1) == [new]
+        finally:
+            fresh.close()
+        buf.close()
+    finally:
+        server.close()
+
+
+def test_buffer_gives_up_after_its_retry_budget_or_when_stopped(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    buf = RedisBuffer(server.url, "r6", BufferSettings(), retry_seconds=1.5)
+    buf.ensure_streams()
+    server.close()
+    t0 = time.monotonic()
+    with pytest.raises(RedisUnavailable, match=r"Redis unavailable for 1\.\ds during read \(retry budget 2s\)"):
+        buf.read(10, 100)
+    assert 1.4 <= time.monotonic() - t0 < 10.0
+    stop = threading.Event()
+    stopped = RedisBuffer(server.url, "r6", BufferSettings(), retry_seconds=600, stop=stop)
+    threading.Timer(0.5, stop.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(RedisUnavailable, match="during ack"):
+        stopped.ack(["1-0"])
+    assert time.monotonic() - t0 < 5.0, "a stopped learner kept waiting for Redis"
