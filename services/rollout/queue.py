@@ -13,7 +13,10 @@
   group. A crash therefore never loses a prompt, and two live replicas do not both write one.
   (The learner also drops a second group with the same group id, so a duplicate that slips through,
   e.g. after a Redis failover, costs only compute.)
-- A prompt whose min_version is ahead of the serving weights waits (holding its entry) until served.
+- A prompt whose min_version is ahead of the serving weights waits until served. While it waits
+  its entry gets no heartbeat: if this replica stays behind (e.g. restarted on its base weights and
+  not pushed the current ones), a replica that serves the version claims it after
+  `claim_idle_seconds`, and this one, once it catches up, sees it no longer owns the entry and skips it.
 - A prompt that cannot be generated at all (undecodable, empty, over the prompt budget with
   `reject`) goes to `torl:{run}:dead` with the reason (fields `p` and `reason`) and is acked.
 - Prompts submitted over gRPC (SubmitPrompts) join the same workers; their groups are written
@@ -86,6 +89,7 @@ class PromptQueue:
         self._max_in_flight = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
         self.held: set[bytes] = set()  # stream entries this replica is working on
+        self.waiting: set[bytes] = set()  # of those, entries waiting for a weight version (no heartbeat)
         self._claim_cursor: bytes | str = "0-0"
         self._reader: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -172,13 +176,20 @@ class PromptQueue:
 
     async def heartbeat(self) -> int:
         """Reset the idle time of the entries this replica still owns; how many it refreshed."""
-        if not self.held:
+        return await self._touch(sorted(self.held - self.waiting))
+
+    async def _touch(self, ids: list[bytes]) -> int:
+        if not ids:
             return 0
-        ids = sorted(self.held)
         return int(await self._touch_owned(keys=[self.keys.prompts], args=[PROMPT_GROUP, self.consumer, *ids]))
 
     async def claim_abandoned(self, count: int) -> int:
-        """Take over up to `count` entries idle past claim_idle (their replica died); how many it took."""
+        """Take over up to `count` entries idle past claim_idle (their replica died); how many it took.
+
+        A replica that is itself waiting for a weight version is behind: it claims nothing (its own
+        waiting entries are idle too, and XAUTOCLAIM would hand them back to it)."""
+        if self.waiting:
+            return 0
         taken = 0
         start = self._claim_cursor
         resp = await self.redis.xautoclaim(
@@ -217,7 +228,19 @@ class PromptQueue:
             try:
                 config = self.core.config_for(None)
                 prepared = self.core.prepare(prompt, config)
-                await self.core.wait_for_version(prompt.min_version, self.poll_seconds)
+                if entry_id is not None and not self.core.serving_at_least(prompt.min_version):
+                    self.waiting.add(entry_id)
+                    try:
+                        await self.core.wait_for_version(prompt.min_version, self.poll_seconds)
+                    finally:
+                        self.waiting.discard(entry_id)
+                    if not await self._touch([entry_id]):  # claimed meanwhile by a replica serving it
+                        log.warning("prompt_claimed_elsewhere_while_waiting", entry=entry_id.decode(),
+                                    prompt_id=prompt.prompt_id)
+                        metrics.GROUPS.labels(outcome="lost_claim").inc()
+                        return
+                else:
+                    await self.core.wait_for_version(prompt.min_version, self.poll_seconds)
                 group = await self.core.run_group(prompt, config, prepared)
                 await self.write(entry_id, group)
             except InvalidArgument as e:

@@ -54,10 +54,11 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class ScriptedCore:
     """Stands in for RolloutCore: a one-trajectory group per prompt after `seconds`."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, serving: bool = True) -> None:
         self.seconds = seconds
         self.queued_prompts = 0
         self.generated: list[str] = []
+        self.serving = serving  # False: behind every prompt's min_version until set
 
     def config_for(self, overrides: object) -> LoopConfig:
         return LoopConfig(prompt_template="{problem}")
@@ -65,8 +66,12 @@ class ScriptedCore:
     def prepare(self, prompt: trajectory_pb2.Prompt, config: LoopConfig) -> PreparedPrompt:
         return PreparedPrompt([1, 2, 3])
 
+    def serving_at_least(self, v: common_pb2.WeightVersion) -> bool:
+        return self.serving
+
     async def wait_for_version(self, v: common_pb2.WeightVersion, poll_seconds: float) -> None:
-        return None
+        while not self.serving:
+            await asyncio.sleep(poll_seconds)
 
     async def run_group(self, prompt: trajectory_pb2.Prompt, config: LoopConfig,
                         prepared: PreparedPrompt) -> trajectory_pb2.TrajectoryGroup:
@@ -233,3 +238,36 @@ def test_claim_idle_must_outlast_missed_heartbeats() -> None:
     with pytest.raises(ValidationError, match="at least 3 x heartbeat_seconds"):
         QueueSettings(claim_idle_seconds=10, heartbeat_seconds=5)
     assert QueueSettings(claim_idle_seconds=30, heartbeat_seconds=10).claim_idle_seconds == 30
+
+
+def test_prompt_waiting_on_a_lagging_replica_goes_to_one_that_serves_its_version(redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    run = RUN + "-lag"
+    keys = RunKeys(run)
+
+    async def scenario() -> tuple[ScriptedCore, ScriptedCore]:
+        lagging, current = ScriptedCore(0.01, serving=False), ScriptedCore(0.01)
+        behind = make_queue(redis_url, run, "restarted-on-base-weights", lagging, claim_idle=1.0, heartbeat=0.2)
+        await behind.start()
+        prompt = trajectory_pb2.Prompt(prompt_id="v-ahead", problem="p",
+                                       min_version=common_pb2.WeightVersion(incarnation=1, step=5))
+        client.xadd(keys.prompts, {PAYLOAD_FIELD: prompt.SerializeToString()})
+        await wait_until(lambda: behind.waiting, 5)
+        ahead = make_queue(redis_url, run, "serving-1-5", current, claim_idle=1.0, heartbeat=0.2)
+        await ahead.start()
+        try:
+            await wait_until(lambda: current.generated == ["v-ahead"], 10)
+            lagging.serving = True  # the lagging replica catches up later
+            await wait_until(lambda: not behind.held, 5)
+        finally:
+            await ahead.close()
+            await behind.close()
+        return lagging, current
+
+    lagging, current = asyncio.run(scenario())
+    assert current.generated == ["v-ahead"]
+    assert lagging.generated == [], "the replica that lost the entry generated it anyway"
+    assert group_ids(client, keys) == ["v-ahead"]
+    assert client.xpending(keys.prompts, PROMPT_GROUP)["pending"] == 0
