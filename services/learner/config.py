@@ -120,6 +120,12 @@ class WeightSyncSettings(StrictModel):
     retries: int = Field(3, ge=0, le=100, description="Retries of a failed push per replica.")
     chunk_mb: float = Field(4.0, gt=0.0, le=1024.0, description="Bytes per WeightChunk, in MiB.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Dtype of pushed tensors.")
+    check_every_seconds: float = Field(
+        5.0, ge=0.0, le=3600.0,
+        description="While waiting for data, ask every replica's GetStatus this often and re-push the current "
+        "weights to any replica serving older ones (restarted or added mid-run); 0 = never.",
+    )
+    status_deadline_seconds: float = Field(5.0, gt=0.0, le=600.0, description="Deadline of one GetStatus call.")
 
 
 class BufferSettings(StrictModel):

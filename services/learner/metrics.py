@@ -37,6 +37,10 @@ WEIGHT_PUSH_SECONDS = Histogram(
 WEIGHT_PUSH_FAILURES = Counter(
     "torl_learner_weight_push_failures_total", "Pushes to a replica that failed after retries.", ["replica"]
 )
+WEIGHT_REPUSHES = Counter(
+    "torl_learner_weight_repushes_total",
+    "Current weights pushed again to a replica found serving older ones (restarted or new).", ["replica"],
+)
 WEIGHT_PUSH_BYTES = Counter("torl_learner_weight_push_bytes_total", "Bytes of weights pushed (all replicas).")
 REDIS_MEMORY = Gauge("torl_learner_redis_memory_bytes", "Redis used_memory.")
 REDIS_ERRORS = Counter(

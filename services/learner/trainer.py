@@ -11,7 +11,8 @@ Read `Trainer.run` top to bottom; each step:
    re-issued;
 3. one optimizer step (torl.learner.engine), version (incarnation, step + 1);
 4. push the weights to every replica (wait for acks when max_staleness = 0, in the background
-   otherwise) and publish the version;
+   otherwise) and publish the version; while step 2 waits, every few seconds each replica's
+   GetStatus is asked and a replica serving older weights (restarted, added) gets the current ones;
 5. every N steps a durable checkpoint, after which the groups it contains are acked; held-out
    evaluation every N steps; one metrics row per step in metrics.jsonl, sample responses in
    samples.jsonl.
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from torl.common.logging import get_logger
+from torl.common.redis_layout import version_key
 from torl.learner import metrics as m
 from torl.learner.buffer import Entry, RedisBuffer
 from torl.learner.checkpoint import CheckpointManager, export_hf
@@ -138,6 +140,7 @@ class Trainer:
         self.collecting: set[str] = set()  # group ids already taken into the step being collected
         self.unacked: list[str] = []  # applied entries waiting for a durable checkpoint
         self.phase = "starting"
+        self.repushes = 0  # pushes of the current weights to replicas found behind (restarted, added)
         self.last_eval: dict[str, float] = {}
         self._tb: Any = None
         self._wandb: Any = None
@@ -244,6 +247,7 @@ class Trainer:
             "train_seconds": t_train - t_data,
             "weight_push_seconds": push_seconds,
             "weight_push_failed_replicas": push_failed,
+            "weight_repushes_total": self.repushes,
             "checkpoint_seconds": ckpt_seconds,
             "step_seconds": t_end - t0,
             "generation_seconds_mean": statistics.fmean([g.generation_seconds for g in data.groups]),
@@ -260,9 +264,15 @@ class Trainer:
         deadline = time.monotonic() + self.s.loop.step_timeout_seconds
         data = StepData()
         self.collecting.clear()
+        check_every = self.s.weight_sync.check_every_seconds
+        next_check = time.monotonic()
         while len(data.groups) < need:
             if self.stop_event.is_set():
                 raise TrainingError("stopped while waiting for data")
+            if check_every and time.monotonic() >= next_check:
+                # A replica that restarted serves its base weights and would hold our prompts forever.
+                self.repush_to_lagging_replicas()
+                next_check = time.monotonic() + check_every
             if time.monotonic() > deadline:
                 raise TrainingError(
                     f"step {self.step + 1}: only {len(data.groups)} of {need} groups within "
@@ -428,6 +438,32 @@ class Trainer:
         self.buffer.set_version(version)
         self.buffer.write_state({"step": self.step})
         return time.perf_counter() - t0, failed
+
+    def repush_to_lagging_replicas(self) -> list[str]:
+        """Push the current weights to every replica that serves an older version; the replicas that took them.
+
+        In async mode this waits for a quiet pusher: while it is pushing, lagging replicas are expected.
+        A replica that does not answer GetStatus is skipped (it is down or starting); the next check asks again.
+        """
+        if self.engine is None or self.sender is None or (self.pusher is not None and not self.pusher.idle()):
+            return []
+        current = self.version
+        versions = self.sender.replica_versions()
+        lagging = {t: f"{v.incarnation}:{v.step}" for t, v in versions.items()
+                   if not isinstance(v, str) and version_key(v) < version_key(current)}
+        if not lagging:
+            return []
+        import torch
+
+        log.warning("replicas_behind", version=f"{current.incarnation}:{current.step}", replicas=lagging)
+        tensors = dict(self.engine.named_weights(getattr(torch, self.s.weight_sync.dtype)))
+        res = self.sender.push(tensors, current, targets=sorted(lagging))
+        for t in res.acked:
+            m.WEIGHT_REPUSHES.labels(replica=t).inc()
+        self.repushes += len(res.acked)
+        if res.failed:
+            log.warning("weight_repush_failed", failed=res.failed)
+        return res.acked
 
     def checkpoint(self) -> float:
         self.phase = "checkpointing"

@@ -7,6 +7,10 @@ that fails or does not answer in time is reported, retried `retries` times, and 
 for this version, so the learner never hangs on a dead replica. In sync mode the caller waits for
 every replica's ack; in async mode `AsyncPusher` pushes in the background and only the newest
 version is kept when pushes fall behind.
+
+A replica that restarts (or joins) mid-run serves its base weights until someone pushes again:
+`replica_versions` asks each replica's GetStatus, so the trainer can push the current weights to
+just the replicas that are behind (`push(..., targets=...)`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ from typing import Any
 
 import grpc
 
-from torl.common.grpc_client import sync_channel
+from torl.common.grpc_client import channel_options
 from torl.common.logging import get_logger
 from torl.common.weight_stream import pack_weights
 from torl.learner import metrics as m
 from torl.learner.config import WeightSyncSettings
-from torl.v1 import common_pb2, rollout_pb2_grpc
+from torl.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
 
 log = get_logger("torl.learner.weight_sync")
 
@@ -78,8 +82,11 @@ class WeightSender:
 
     def _stub(self, target: str) -> rollout_pb2_grpc.RolloutStub:
         if target not in self._channels:
-            # gRPC-level retries are off here: a push is retried whole by _push_one.
-            self._channels[target] = sync_channel(target, max_message_mb=64, max_attempts=2)
+            # gRPC-level retries are off here: a push is retried whole by _push_one. Reconnect backoff
+            # is capped at 5 s so a replica that comes back (after a restart) is reached within seconds.
+            options = [*channel_options(max_message_mb=64, max_attempts=2),
+                       ("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]
+            self._channels[target] = grpc.insecure_channel(target, options=options)
         return rollout_pb2_grpc.RolloutStub(self._channels[target])
 
     def _push_one(self, target: str, tensors: dict[str, Any], version: common_pb2.WeightVersion) -> str:
@@ -104,10 +111,29 @@ class WeightSender:
             time.sleep(min(0.2 * 2**attempt, 2.0))
         return err
 
-    def push(self, tensors: dict[str, Any], version: common_pb2.WeightVersion) -> PushResult:
-        """Push to every replica in parallel and wait (each bounded by deadline x retries)."""
+    def targets(self) -> list[str]:
+        return list(self._targets())
+
+    def replica_versions(self, targets: Sequence[str] | None = None) -> dict[str, common_pb2.WeightVersion | str]:
+        """Each replica's serving version (GetStatus, in parallel), or the error that kept it from answering."""
+
+        def one(target: str) -> common_pb2.WeightVersion | str:
+            try:
+                status = self._stub(target).GetStatus(rollout_pb2.GetStatusRequest(),
+                                                      timeout=self.cfg.status_deadline_seconds)
+            except grpc.RpcError as e:
+                return f"{e.code().name}: {e.details()}"
+            return status.version
+
+        names = list(targets) if targets is not None else self.targets()
+        futures = {t: self._pool.submit(one, t) for t in names}
+        return {t: f.result() for t, f in futures.items()}
+
+    def push(self, tensors: dict[str, Any], version: common_pb2.WeightVersion,
+             targets: Sequence[str] | None = None) -> PushResult:
+        """Push to every replica (or to `targets`) in parallel and wait (each bounded by deadline x retries)."""
         t0 = time.perf_counter()
-        targets = list(self._targets())
+        targets = list(targets) if targets is not None else self.targets()
         nbytes = sum(int(t.numel() * t.element_size()) for t in tensors.values())
         futures = {t: self._pool.submit(self._push_one, t, tensors, version) for t in targets}
         result = PushResult(version=version, seconds=0.0, bytes=nbytes * len(targets))
@@ -139,6 +165,7 @@ class AsyncPusher:
         self._cv = threading.Condition()
         self._next: tuple[dict[str, Any], common_pb2.WeightVersion] | None = None
         self._closed = False
+        self._busy = False
         self.last: PushResult | None = None
         self.skipped = 0
         self._thread = threading.Thread(target=self._run, name="weight-push-async", daemon=True)
@@ -160,7 +187,17 @@ class AsyncPusher:
                     return
                 tensors, version = self._next
                 self._next = None
-            self.last = self.sender.push(tensors, version)
+                self._busy = True
+            try:
+                self.last = self.sender.push(tensors, version)
+            finally:
+                with self._cv:
+                    self._busy = False
+
+    def idle(self) -> bool:
+        """No push queued or in flight."""
+        with self._cv:
+            return self._next is None and not self._busy
 
     def close(self, timeout: float = 30.0) -> None:
         with self._cv:
