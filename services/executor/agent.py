@@ -29,11 +29,12 @@ Processes inside the sandbox:
 Process mode (the `process` backend, for runner pods that are themselves a gVisor sandbox): the
 agent is a plain child process of the service, not the first process of a sandbox of its own. It
 then owns a private root directory instead of /tmp (work dirs live under it; it alone is wiped),
-becomes a child subreaper so every orphan of a run stays in its process tree, kills and cleans only
-inside that tree, and makes itself, the zygote and the spares non-dumpable (a run cannot ptrace
-them or read their /proc files, though it shares their uid). Each spare also gets its own rlimits:
-RLIMIT_NPROC (the uid's current tasks plus `nproc_extra`), RLIMIT_FSIZE, RLIMIT_NOFILE, no core
-dumps, and dies with the zygote (PR_SET_PDEATHSIG).
+becomes a child subreaper so every orphan of a run stays in its process tree (where the kernel
+allows it; gVisor's does not, and there the service, the pod's init, kills orphans after each
+run), kills and cleans only inside that tree, and makes itself, the zygote and the spares
+non-dumpable (a run cannot ptrace them or read their /proc files, though it shares their uid).
+Each spare also gets its own rlimits: RLIMIT_NPROC (the uid's current tasks plus `nproc_extra`),
+RLIMIT_FSIZE, RLIMIT_NOFILE, no core dumps, and dies with the zygote (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ PROCESS_LIMITS: dict[str, int] | None = None
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+# Process mode: whether orphans of runs come back to the agent (gVisor's kernel does not implement
+# PR_SET_CHILD_SUBREAPER; there they go to the pod's init, the service, which kills them).
+SUBREAPER = False
 # What a spare runs (into /dev/null) before it is handed a job. The light warm-up always runs
 # right after the fork; the deep one (typical first steps of math code) only when the agent asks,
 # which it does once the sandbox has been idle a while, one spare at a time, so it never competes
@@ -152,7 +156,7 @@ def _drop_privileges() -> None:
 
 def _prctl(option: int, value: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
+    if libc.prctl(option, *(ctypes.c_ulong(v) for v in (value, 0, 0, 0))) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({option}): {os.strerror(err)}")
 
@@ -888,7 +892,7 @@ class Agent:
             while len(self.spares) < self.target_spares:
                 self.sel.select(1.0)
                 self.on_zygote()
-            write_frame(self.ctrl_out, {"op": "ready", "pid": os.getpid()})
+            write_frame(self.ctrl_out, {"op": "ready", "pid": os.getpid(), "subreaper": SUBREAPER})
             self.idle_since = time.monotonic()
             self.loop()
         except ZygoteLost as e:
@@ -948,11 +952,15 @@ class Agent:
 def _enter_process_mode(root: str, limits: dict[str, Any]) -> None:
     """The agent is a plain child of the service: own a private root, keep orphans in this tree,
     be untraceable by runs of the same uid, and die with the service."""
-    global SCRATCH, RUN_ROOT, PROCESS_LIMITS
+    global SCRATCH, RUN_ROOT, PROCESS_LIMITS, SUBREAPER
     SCRATCH = root
     RUN_ROOT = os.path.join(root, "runs")
     PROCESS_LIMITS = {k: int(limits[k]) for k in ("nproc_extra", "fsize_bytes", "nofile")}
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        SUBREAPER = True
+    except OSError:
+        SUBREAPER = False
     _prctl(PR_SET_DUMPABLE, 0)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     os.chdir(root)

@@ -13,7 +13,10 @@ between runs, deadlines, output caps) with:
   `sandbox.max_processes`), RLIMIT_AS (the run's memory limit), RLIMIT_FSIZE (`sandbox.tmpfs_mb`),
   RLIMIT_NOFILE, no core dumps; uid 65534 for runs only when the service is root;
 - cleanup inside the agent's own process tree only (it is a child subreaper), and this service as
-  a subreaper too, so whatever a dead agent left behind is killed and reaped here on destroy.
+  a subreaper too (or the pod's init, PID 1), so whatever a dead agent left behind is killed and
+  reaped here on destroy. gVisor's kernel does not implement PR_SET_CHILD_SUBREAPER: there a run's
+  daemon (double fork) is reparented to the pod's init, this service, which therefore kills its
+  orphans after every run before it answers (the agent says in its ready frame which case holds).
 
 What it does NOT give (weaker than gvisor/bwrap even inside a gVisor pod): runs share the
 service's uid, so a run can signal the service or other sandboxes' processes (a denial of service
@@ -26,6 +29,7 @@ this service itself runs inside gVisor (`gvisor_markers()`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -41,7 +45,7 @@ from pathlib import Path
 from torl.common.logging import get_logger
 from torl.executor.agent import descendants
 from torl.executor.config import SandboxSettings
-from torl.executor.sandbox import AGENT_FILE, Backend, Layout, SandboxError, build_layout, is_leftover
+from torl.executor.sandbox import AGENT_FILE, Backend, Layout, Sandbox, SandboxError, build_layout, is_leftover
 
 log = get_logger("torl.executor.process")
 
@@ -56,6 +60,10 @@ UNSANDBOXED_WARNING = (
 SHARED_UID_WARNING = (
     "process backend: runs share the service's uid inside the pod's gVisor sandbox; between runs they are "
     "isolated only by process boundaries, rlimits and cleanup of their own directory"
+)
+ORPHANS_WARNING = (
+    "process backend: this service is neither PID 1 nor a child subreaper, so processes a run detaches "
+    "(double fork) outlive it; run the service as the container's first process"
 )
 NOFILE = 4096
 
@@ -96,6 +104,7 @@ class ProcessBackend(Backend):
         self._lock = threading.Lock()
         self._agents: dict[str, int] = {}  # live agents: sandbox name -> pid
         self._spawning = 0  # agents forked whose pid is not known yet
+        self.orphans_come_here = os.getpid() == 1  # or prepare() makes this process a subreaper
 
     # -- checks ---------------------------------------------------------------------------------
 
@@ -142,19 +151,21 @@ class ProcessBackend(Backend):
             log.warning("process_backend_in_gvisor", markers=self.markers, warning=SHARED_UID_WARNING)
 
     def health_warnings(self) -> list[str]:
-        return [UNSANDBOXED_WARNING if self.unsandboxed else SHARED_UID_WARNING]
+        warnings = [UNSANDBOXED_WARNING if self.unsandboxed else SHARED_UID_WARNING]
+        return warnings + ([] if self.orphans_come_here else [ORPHANS_WARNING])
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def prepare(self) -> None:
         """Become a non-dumpable subreaper (orphans of dead agents come here to be killed), remove leftovers."""
-        libc = ctypes.CDLL(None, use_errno=True)
         # Runs share this process's uid: non-dumpable, it cannot be ptraced by them and its /proc files
         # (environ, mem, ...) become unreadable to them.
-        for option, what in ((PR_SET_CHILD_SUBREAPER, "PR_SET_CHILD_SUBREAPER"), (PR_SET_DUMPABLE, "PR_SET_DUMPABLE")):
-            value = 1 if option == PR_SET_CHILD_SUBREAPER else 0
-            if libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
-                raise SandboxError(f"prctl({what}): {os.strerror(ctypes.get_errno())}")
+        if _prctl(PR_SET_DUMPABLE, 0) != 0:
+            raise SandboxError(f"prctl(PR_SET_DUMPABLE): {os.strerror(ctypes.get_errno())}")
+        if _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0:
+            self.orphans_come_here = True
+        elif not self.orphans_come_here:
+            log.error("process_orphans_untracked", warning=ORPHANS_WARNING)
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o711)
         for stale in self.root.iterdir():
@@ -188,6 +199,12 @@ class ProcessBackend(Backend):
             self._spawning -= 1
             if pid is not None:
                 self._agents[name] = pid
+
+    async def after_run(self, sandbox: Sandbox) -> None:
+        """Where the agent is no subreaper (gVisor), a run's detached processes are this process's
+        orphans by now (the agent killed the rest of its tree before reporting): kill them first."""
+        if not sandbox.ready_info.get("subreaper", True) and self.orphans_come_here:
+            await asyncio.to_thread(self.kill_orphans, 2.0)
 
     def destroy(self, name: str) -> None:
         """The agent is dead by now (or about to be): kill and reap whatever it left behind, remove its root."""
@@ -225,6 +242,11 @@ class ProcessBackend(Backend):
                 log.error("process_orphans_left", count=len(orphans), spawning=busy)
                 return
             time.sleep(0.01)
+
+
+def _prctl(option: int, value: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(option, *(ctypes.c_ulong(v) for v in (value, 0, 0, 0))))
 
 
 def _children(parent: int) -> list[int]:

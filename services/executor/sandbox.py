@@ -226,6 +226,9 @@ class Backend(abc.ABC):
     def spawned(self, name: str, pid: int | None) -> None:  # noqa: B027 - a hook most backends do not need
         """Sandbox `name` was forked as `pid` (None: it could not be)."""
 
+    async def after_run(self, sandbox: Sandbox) -> None:  # noqa: B027 - a hook most backends do not need
+        """A run in `sandbox` returned its result; the caller gets it once this returns."""
+
     @abc.abstractmethod
     def check(self) -> None:
         """Raise SandboxError when this backend cannot run here."""
@@ -256,6 +259,7 @@ class Sandbox:
         self.faulted: str | None = None
         self.started_at = 0.0
         self.start_seconds = 0.0
+        self.ready_info: dict[str, Any] = {}  # the agent's ready frame
         self._reader: asyncio.Task[None] | None = None
         self._stderr: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
@@ -284,6 +288,7 @@ class Sandbox:
         if ready.get("op") != "ready":
             await self.close()
             raise SandboxError(f"sandbox {self.name} sent {ready.get('op')!r} instead of ready")
+        self.ready_info = ready
         self.started_at = time.monotonic()
         self.start_seconds = self.started_at - t0
         self._reader = asyncio.create_task(self._read_results())
@@ -362,9 +367,11 @@ class Sandbox:
             self.pending.pop(job.run_id, None)
             raise SandboxError(f"could not send the run to sandbox {self.name}: {e}") from e
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), hard_timeout)
+            result = await asyncio.wait_for(asyncio.shield(fut), hard_timeout)
         finally:
             self.pending.pop(job.run_id, None)
+        await self.backend.after_run(self)
+        return result
 
     @property
     def pid(self) -> int | None:
