@@ -80,3 +80,24 @@ def test_auto_never_falls_back_to_unsandboxed_processes(tmp_path: Path) -> None:
     message = str(info.value)
     assert "gvisor:" in message and "bwrap:" in message
     assert "will not run untrusted code as plain processes" in message
+
+
+def test_helm_runner_config_selects_the_process_backend() -> None:
+    """The chart's runner pods (gVisor RuntimeClass, uid 10001) run sandbox.backend=process; the
+    gateway config does not name a backend (it runs no code)."""
+    import yaml
+
+    from tests.deploy.tools import CI_VALUES, render
+
+    docs = render("-f", str(CI_VALUES[0]))
+    configs = {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: yaml.safe_load(d["data"]["config.yaml"])
+        for d in docs
+        if d["kind"] == "ConfigMap" and "config.yaml" in d.get("data", {})
+    }
+    runner = ExecutorSettings(**configs["executor-runner"])
+    assert runner.role == "runner" and runner.sandbox.backend == "process"
+    assert runner.sandbox.allow_unsandboxed_process is False
+    assert "sandbox" not in configs["executor-gateway"]
+    pods = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in docs if d["kind"] == "Deployment"}
+    assert pods["executor-runner"]["spec"]["template"]["spec"]["runtimeClassName"] == "gvisor"
