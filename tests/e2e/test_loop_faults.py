@@ -36,10 +36,6 @@ def finish(loop: Loop, learner: Child, timeout: float) -> None:
     assert learner.proc.returncode == 0, learner.log_path.read_text(errors="replace")[-4000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a restarted rollout replica serves its base weights (version 0:0) and nobody re-pushes the current ones: "
-    "services/learner/trainer.py pushes weights only after a step (and at start), so the replica holds the "
-    "prompts (min_version ahead of what it serves) and the learner waits until step_timeout_seconds and fails"))
 def test_rollout_replica_killed_mid_generation(tmp_path: Path) -> None:
     steps, prompts = 5, 4
     with running_loop(tmp_path, "rkill", loop_config(steps, prompts, step_timeout_seconds=300)) as loop:
