@@ -151,11 +151,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def make_trainer(tmp_path: Path, redis_url: str, run_id: str, port: int, check_every: float,
-                 step_timeout: float) -> Trainer:
+                 step_timeout: float, max_staleness: int = 0) -> Trainer:
     settings = LearnerSettings(
         redis_url=redis_url, run_id=run_id, output_dir=str(tmp_path / f"out-{run_id}"),
         data={"dataset": "arith", "prompts_per_step": 2, "group_size": 2, "arith_train_size": 50},
-        loop={"read_block_ms": 200, "step_timeout_seconds": step_timeout, "max_staleness": 0},
+        loop={"read_block_ms": 200, "step_timeout_seconds": step_timeout, "max_staleness": max_staleness},
         weight_sync={"replicas": [f"127.0.0.1:{port}"], "check_every_seconds": check_every,
                      "status_deadline_seconds": 2, "deadline_seconds": 10, "retries": 1},
     )
@@ -166,11 +166,13 @@ def expected_specs() -> list[TensorShape]:
     return [TensorShape(n, "float32", tuple(t.shape)) for n, t in SmallEngine().named_weights()]
 
 
+@pytest.mark.parametrize("max_staleness", [0, 1])  # 1: async mode, the re-push waits for an idle pusher
 def test_restarted_replica_gets_the_current_weights_and_the_step_fills(
-        tmp_path: Path, redis_server: RedisServer) -> None:
+        tmp_path: Path, redis_server: RedisServer, max_staleness: int) -> None:
     port = free_port()
     replica = Replica(port, redis_server.url, "resync", expected_specs(), tmp_path / "staging-a")
-    trainer = make_trainer(tmp_path, redis_server.url, "resync", port, check_every=0.5, step_timeout=60)
+    trainer = make_trainer(tmp_path, redis_server.url, "resync", port, check_every=0.5, step_timeout=60,
+                           max_staleness=max_staleness)
     try:
         trainer.setup()  # pushes this incarnation's weights to the replica before the first step
         current = (trainer.incarnation, trainer.step)
