@@ -448,7 +448,11 @@ class Trainer:
         if self.engine is None or self.sender is None or (self.pusher is not None and not self.pusher.idle()):
             return []
         current = self.version
-        versions = self.sender.replica_versions()
+        try:
+            versions = self.sender.replica_versions()
+        except Exception as e:  # e.g. the Kubernetes API did not answer: ask again at the next check
+            log.warning("replica_check_failed", error=f"{type(e).__name__}: {e}")
+            return []
         lagging = {t: f"{v.incarnation}:{v.step}" for t, v in versions.items()
                    if not isinstance(v, str) and version_key(v) < version_key(current)}
         if not lagging:
