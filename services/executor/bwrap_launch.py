@@ -50,15 +50,19 @@ def main() -> None:
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
     _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+    # Hold every source open before the tmpfs covers /tmp: a source that lives under /tmp (a
+    # checkout or venv there) would otherwise be hidden by the very tmpfs it is staged into.
+    held = [(src, os.open(src, os.O_PATH | os.O_CLOEXEC), os.path.isdir(src)) for src in sources]
     _check(libc.mount(b"tmpfs", STAGE.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=1m"), "tmpfs")
-    for i, src in enumerate(sources):
+    for i, (src, fd, is_dir) in enumerate(held):
         point = staged_path(i)
-        if os.path.isdir(src):
+        if is_dir:
             os.mkdir(point, 0o755)
         else:
             with open(point, "w"):
                 pass
-        _check(libc.mount(src.encode(), point.encode(), None, MS_BIND | MS_REC, None), f"bind {src}")
+        _check(libc.mount(f"/proc/self/fd/{fd}".encode(), point.encode(), None, MS_BIND | MS_REC, None), f"bind {src}")
+        os.close(fd)
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)  # real, effective and saved uid: no way back to root, no capabilities left
