@@ -123,9 +123,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         channel = grpc.insecure_channel(
             f"127.0.0.1:{rollout_port}", options=[("grpc.max_send_message_length", 1 << 28)]
         )
-        yield Stack(tmp, model_dir, executor_port, executor, rollout, f"redis://127.0.0.1:{redis_port}/0", "itest",
-                    rollout_pb2_grpc.RolloutStub(channel), f"http://127.0.0.1:{metrics_port}/metrics")
+        stack = Stack(tmp, model_dir, executor_port, executor, rollout, f"redis://127.0.0.1:{redis_port}/0", "itest",
+                      rollout_pb2_grpc.RolloutStub(channel), f"http://127.0.0.1:{metrics_port}/metrics")
+        yield stack
         channel.close()
+        # A test may have replaced the executor (stop + restart): stop the one running now too.
+        procs.append(stack.executor)
     finally:
         for p in reversed(procs):
             p.stop()
