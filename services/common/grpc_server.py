@@ -61,6 +61,19 @@ async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, meth
     await context.abort(code, message)
 
 
+async def _mapped(
+    call: Callable[[], Awaitable[Any]], context: grpc.aio.ServicerContext, method: str
+) -> Any:
+    """Await `call()`; an exception (other than an abort already sent) becomes a status code.
+    CancelledError is a BaseException and passes through untouched."""
+    try:
+        return await call()
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:
+        await _abort_for(exc, context, method)
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Decodes requests itself (bad bytes → INVALID_ARGUMENT) and maps exceptions to status codes."""
 
@@ -89,14 +102,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             inner_uu = handler.unary_unary
 
             async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await inner_uu(parse(raw), context)
-                except asyncio.CancelledError:
-                    raise
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await _abort_for(exc, context, method)
+                return await _mapped(lambda: inner_uu(parse(raw), context), context, method)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, request_deserializer=None, response_serializer=handler.response_serializer
@@ -109,14 +115,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                     async for raw in raw_iter:
                         yield parse(raw)
 
-                try:
-                    return await inner_su(parsed(), context)
-                except asyncio.CancelledError:
-                    raise
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await _abort_for(exc, context, method)
+                return await _mapped(lambda: inner_su(parsed(), context), context, method)
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary, request_deserializer=None, response_serializer=handler.response_serializer
@@ -128,11 +127,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     async for item in inner_us(parse(raw), context):
                         yield item
-                except asyncio.CancelledError:
-                    raise
                 except grpc.aio.AbortError:
                     raise
-                except Exception as exc:
+                except Exception as exc:  # CancelledError is a BaseException: it passes through
                     await _abort_for(exc, context, method)
 
             return grpc.unary_stream_rpc_method_handler(
