@@ -2,6 +2,11 @@
 
 With `--rollout HOST:PORT` it uses running services; otherwise it starts an executor and a
 rollout serving `--model` as local processes on loopback and stops them afterwards.
+
+Besides the shipped benchmarks and user files, the dataset name `arith` (or `arith:SEED:SIZE`)
+is the demo's held-out "What is A*B+C?" set, the very problems the learner evaluates on with
+`data.dataset: arith` (default seed 0, 64 problems), so a checkpoint before and after RL can be
+compared on the demo task; `torl eval-compare` puts such runs side by side.
 """
 
 from __future__ import annotations
@@ -10,14 +15,39 @@ import sys
 import time
 from pathlib import Path
 
-from torl.common.datasets import Problem, load_benchmark
+from torl.common.datasets import DatasetError, Problem, load_benchmark
 from torl.evaluation.runner import EvalOptions, evaluate
+
+ARITH = "arith"
+ARITH_DEFAULT_SEED = 0  # learner data.seed default, as in configs/demo-cpu.yaml
+ARITH_DEFAULT_SIZE = 64  # learner data.arith_eval_size default, as in configs/demo-cpu.yaml
+
+
+def parse_arith(name: str) -> tuple[int, int] | None:
+    """(seed, size) when `name` is `arith` or `arith:SEED:SIZE`; None for any other dataset name."""
+    if name != ARITH and not name.startswith(ARITH + ":"):
+        return None
+    if name == ARITH:
+        return ARITH_DEFAULT_SEED, ARITH_DEFAULT_SIZE
+    parts = name.split(":")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit() or int(parts[2]) < 1:
+        raise DatasetError(f"dataset {name!r}: expected arith or arith:SEED:SIZE with integers SEED >= 0, SIZE >= 1")
+    return int(parts[1]), int(parts[2])
+
+
+def arith_problems(seed: int, size: int) -> list[Problem]:
+    """The learner's held-out arith problems for `data.seed=seed`, `data.arith_eval_size=size`."""
+    from torl.learner.datasets import ArithDataset
+
+    held = ArithDataset(seed, 0, size).eval()
+    return [Problem(p.id, p.problem, p.answer, ARITH) for p in held]
 
 
 def load_problems(datasets: list[str], limit: int, data_dir: Path | None) -> list[Problem]:
     problems: list[Problem] = []
     for name in datasets:
-        rows = load_benchmark(name, data_dir)
+        arith = parse_arith(name)
+        rows = arith_problems(*arith) if arith is not None else load_benchmark(name, data_dir)
         problems.extend(rows[:limit] if limit > 0 else rows)
     return problems
 

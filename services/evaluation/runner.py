@@ -19,7 +19,7 @@ import grpc
 
 from torl.common.datasets import Problem
 from torl.common.grpc_client import aio_channel
-from torl.evaluation.scoring import DatasetSummary, SampleRecord, markdown_table, summarize
+from torl.evaluation.scoring import DatasetSummary, EvalRun, SampleRecord, markdown_table, summarize
 from torl.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc, trajectory_pb2
 
 _FAILED_CODE = (common_pb2.TOOL_STATUS_ERROR, common_pb2.TOOL_STATUS_TIMEOUT)
@@ -184,3 +184,17 @@ def evaluate(
     table = write_outputs(out_dir, rows, summaries, opts, label)
     (out_dir / "timing.json").write_text(json.dumps({"seconds": time.monotonic() - t0}))
     return summaries, table
+
+
+def read_run(out_dir: Path, label: str = "") -> EvalRun:
+    """A finished run from `out_dir/summary.json` (written by `write_outputs`); `label` overrides its model name."""
+    path = out_dir / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (is {out_dir} the --out directory of a finished `torl eval`?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        opts = data["options"]
+        summaries = [DatasetSummary(**d) for d in data["datasets"]]
+        return EvalRun(label or str(data["model"]), int(opts["k"]), float(opts["temperature"]), summaries)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a torl eval summary ({type(e).__name__}: {e})") from None

@@ -102,3 +102,63 @@ def markdown_table(summaries: Sequence[DatasetSummary], k: int, label: str) -> s
         accs = [100 * by_name[c].accuracy for c in present]
         lines.append(f"| {label} | {' | '.join(f'{a:.1f}' for a in accs)} | {sum(accs) / len(accs):.1f} |")
     return "\n".join(lines)
+
+
+@dataclass
+class EvalRun:
+    """One finished `torl eval` run, as read back from its summary.json."""
+
+    label: str
+    k: int
+    temperature: float
+    summaries: list[DatasetSummary]
+
+
+_COMPARE_METRICS: tuple[tuple[str, str, float, str], ...] = (
+    # (DatasetSummary field, column header, scale, format)
+    ("accuracy", "avg@{k} %", 100.0, ".1f"),
+    ("pass_at_k", "pass@{k} %", 100.0, ".1f"),
+    ("tool_calls_per_response", "tool calls / response", 1.0, ".2f"),
+    ("code_error_rate", "code error rate %", 100.0, ".1f"),
+    ("avg_response_tokens", "avg response tokens", 1.0, ".1f"),
+)
+
+
+def comparison_table(runs: Sequence[EvalRun]) -> str:
+    """Runs side by side per dataset (e.g. before and after RL), with the change from the first run.
+
+    All runs must share k and temperature, since avg@k and pass@k are not comparable otherwise;
+    only datasets present in every run are shown.
+    """
+    if len(runs) < 2:
+        raise ValueError(f"comparison needs at least 2 runs, got {len(runs)}")
+    first = runs[0]
+    for r in runs[1:]:
+        if (r.k, r.temperature) != (first.k, first.temperature):
+            raise ValueError(
+                f"runs differ in sampling: {first.label!r} k={first.k} T={first.temperature}, "
+                f"{r.label!r} k={r.k} T={r.temperature}: avg@k and pass@k are not comparable"
+            )
+    by_run = [{s.dataset: s for s in r.summaries} for r in runs]
+    datasets = [s.dataset for s in first.summaries if all(s.dataset in m for m in by_run)]
+    if not datasets:
+        raise ValueError("the runs have no dataset in common")
+    headers = [h.format(k=first.k) for _, h, _, _ in _COMPARE_METRICS]
+    lines = [
+        f"| dataset | model | problems | {' | '.join(headers)} |",
+        "|---|---|---|" + "---|" * len(headers),
+    ]
+    for ds in datasets:
+        base = by_run[0][ds]
+        for r, m in zip(runs, by_run, strict=True):
+            s = m[ds]
+            cells = [format(scale * float(getattr(s, f)), fmt) for f, _, scale, fmt in _COMPARE_METRICS]
+            lines.append(f"| {ds} | {r.label} | {s.problems} | {' | '.join(cells)} |")
+        for r, m in zip(runs[1:], by_run[1:], strict=True):
+            s = m[ds]
+            cells = [
+                format(scale * (float(getattr(s, f)) - float(getattr(base, f))), "+" + fmt)
+                for f, _, scale, fmt in _COMPARE_METRICS
+            ]
+            lines.append(f"| {ds} | change {first.label} → {r.label} | | {' | '.join(cells)} |")
+    return "\n".join(lines)
