@@ -98,6 +98,9 @@ def _make_service_app(service: str) -> typer.Typer:
         log_level: LogLevelOpt = None,
     ) -> None:
         settings = build_settings(service, config, sets, host, port, metrics_port, log_level)
+        from torl.common.tls import check_settings_files
+
+        check_settings_files(settings, f"{service}.")  # missing/bad TLS files fail before slow start-up
         serve_fn = _load(SERVICES[service][1])
         import asyncio
 
@@ -134,7 +137,7 @@ def up(
 @app.command("eval", help="Evaluate a model with the TIR loop on benchmarks (paper layout table).")
 def eval_cmd(
     model: Annotated[str, typer.Option("--model", help="Model directory (served by a local rollout).")] = "",
-    datasets: Annotated[str, typer.Option(help="Comma-separated benchmark names or .jsonl/.parquet paths.")] = (
+    datasets: Annotated[str, typer.Option(help="Comma-separated benchmark names, .jsonl/.parquet paths, arith.")] = (
         "aime24,aime25,math500,amc23,olympiadbench"
     ),
     k: Annotated[int, typer.Option("--k", min=1, max=1024, help="Samples per problem (avg@k, pass@k).")] = 1,
@@ -256,6 +259,29 @@ def report(
         raise typer.Exit(2) from None
     typer.echo(f"report: {summary.parent} (plots + summary.md)\n")
     typer.echo(summary.read_text(encoding="utf-8").split("![")[0].rstrip())
+
+
+@app.command("eval-compare", help="Put finished `torl eval` runs side by side (e.g. before and after RL).")
+def eval_compare_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="--out directories of `torl eval` runs; the first is the base.")],
+    labels: Annotated[str, typer.Option(help="Comma-separated names for the runs (default: model names).")] = "",
+    out: Annotated[Path | None, typer.Option(help="Also write the Markdown table to this file.")] = None,
+) -> None:
+    from torl.evaluation.runner import read_run
+    from torl.evaluation.scoring import comparison_table
+
+    names = [x.strip() for x in labels.split(",")] if labels else [""] * len(runs)
+    if len(names) != len(runs):
+        raise typer.BadParameter(f"--labels names {len(names)} runs, but {len(runs)} were given")
+    try:
+        table = comparison_table([read_run(d, n) for d, n in zip(runs, names, strict=True)])
+    except (OSError, ValueError) as e:
+        typer.echo(f"eval-compare error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table + "\n", encoding="utf-8")
+    typer.echo(table)
 
 
 @app.command("version", help="Print the torl version.")
