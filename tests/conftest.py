@@ -47,10 +47,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_health(target: str, timeout: float = 30.0, service: str = "") -> None:
+def wait_for_health(
+    target: str, timeout: float = 30.0, service: str = "", credentials: grpc.ChannelCredentials | None = None
+) -> None:
+    """Wait for SERVING; `credentials` for a TLS server (plaintext otherwise)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
-    with grpc.insecure_channel(target) as ch:
+    channel = grpc.insecure_channel(target) if credentials is None else grpc.secure_channel(target, credentials)
+    with channel as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             try:
@@ -100,7 +104,13 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """Factory: start_service("reward", "--set", "x=1") → a healthy ServiceProcess, stopped at teardown."""
     started: list[ServiceProcess] = []
 
-    def _start(service: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0) -> ServiceProcess:
+    def _start(
+        service: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 60.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> ServiceProcess:
         port = free_port()
         log_path = tmp_path / f"{service}-{port}.log"
         out = open(log_path, "wb")  # noqa: SIM115 - the child process owns it for its lifetime
@@ -115,7 +125,7 @@ def start_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
         sp = ServiceProcess(service, port, proc, log_path)
         started.append(sp)
         try:
-            wait_for_health(sp.target, timeout)
+            wait_for_health(sp.target, timeout, credentials=credentials)
         except TimeoutError:
             sp.stop()
             raise AssertionError(f"{service} did not become healthy; log:\n{sp.log()}") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -40,6 +40,58 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class TlsClientSettings(StrictModel):
+    """TLS of outgoing gRPC calls to one kind of peer (PEM files, e.g. a mounted kubernetes.io/tls Secret).
+
+    Files are read when a channel is opened; the entry point checks them at start-up (torl.common.tls).
+    """
+
+    enabled: bool = Field(False, description="Call the peer over TLS (false: plaintext).")
+    ca_file: str = Field(
+        "", max_length=4096, description="PEM CA bundle that signs the peer's certificate; empty: system roots."
+    )
+    cert_file: str = Field(
+        "", max_length=4096, description="PEM client certificate presented to the peer (mTLS); empty: none."
+    )
+    key_file: str = Field("", max_length=4096, description="PEM private key of cert_file (mTLS).")
+    server_name_override: str = Field(
+        "",
+        max_length=253,
+        description="Name checked against the peer's certificate instead of the target's host (IP targets, tests).",
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsClientSettings:
+        if bool(self.cert_file) != bool(self.key_file):
+            missing = "key_file" if self.cert_file else "cert_file"
+            raise ValueError(f"{missing} is required when the other of cert_file/key_file is set (mTLS needs both)")
+        return self
+
+
+class TlsSettings(StrictModel):
+    """TLS of a service's gRPC server. With ca_file set, clients must present a certificate it signs (mTLS)."""
+
+    enabled: bool = Field(False, description="Serve gRPC over TLS (false: plaintext).")
+    cert_file: str = Field("", max_length=4096, description="PEM server certificate (chain); required when enabled.")
+    key_file: str = Field("", max_length=4096, description="PEM private key of cert_file; required when enabled.")
+    ca_file: str = Field(
+        "", max_length=4096, description="PEM CA bundle of client certificates: set = require and verify them (mTLS)."
+    )
+    reload: bool = Field(
+        True,
+        description="Re-read cert/key/CA when the files change (checked at each new connection); "
+        "false: a restart picks up rotated certificates.",
+    )
+
+    @model_validator(mode="after")
+    def _files_when_enabled(self) -> TlsSettings:
+        if self.enabled:
+            missing = [name for name in ("cert_file", "key_file") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"{' and '.join(missing)} required when enabled=true")
+        return self
+
+
 class GrpcServerSettings(StrictModel):
     """How a service's gRPC server listens."""
 
@@ -54,6 +106,7 @@ class GrpcServerSettings(StrictModel):
     max_concurrent_rpcs: int = Field(
         1024, ge=1, le=1_000_000, description="Calls served at once; more get RESOURCE_EXHAUSTED."
     )
+    tls: TlsSettings = Field(default_factory=lambda: TlsSettings(), description="TLS / mTLS of the gRPC server.")
 
 
 class ServiceSettings(BaseSettings):

@@ -2,7 +2,8 @@
 
 It registers grpc.health.v1 and reflection, maps exceptions to status codes in one place
 (`ErrorMappingInterceptor`), turns undecodable requests into INVALID_ARGUMENT, applies the
-message-size limits from config, and shuts down gracefully on SIGTERM/SIGINT.
+message-size limits from config, serves TLS / mTLS when `grpc.tls.enabled` (torl.common.tls; plaintext
+otherwise), and shuts down gracefully on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from torl.common.config import GrpcServerSettings
 from torl.common.errors import status_for
 from torl.common.logging import get_logger
+from torl.common.tls import server_credentials
 
 log = get_logger("torl.grpc")
 
@@ -153,7 +155,7 @@ async def start_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     serving: bool = True,
 ) -> RunningServer:
-    """Create, bind and start a server with health, reflection and error mapping.
+    """Create, bind and start a server with health, reflection and error mapping (TLS per `settings.tls`).
 
     With `serving=False` health reports NOT_SERVING until the caller's `set_serving(True)`, for
     services that have more to start (a REST server, a pool) after the gRPC port is bound.
@@ -171,7 +173,9 @@ async def start_server(
     reflection.enable_server_reflection(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    credentials = server_credentials(settings.tls)  # None: TLS off
+    port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind gRPC server to {settings.host}:{settings.port}")
     await server.start()

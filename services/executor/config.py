@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from torl.common.config import GrpcServerSettings, ServiceSettings, StrictModel
+from torl.common.config import GrpcServerSettings, ServiceSettings, StrictModel, TlsClientSettings
 
 Isolation = Literal["strict", "session"]
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -162,6 +162,9 @@ class ExecutorSettings(ServiceSettings):
     )
     runners: list[str] = Field(
         default_factory=list, description="gRPC targets (host:port) of runners, for role=gateway."
+    )
+    runners_tls: TlsClientSettings = Field(
+        default_factory=lambda: TlsClientSettings(), description="TLS / mTLS of the gateway's calls to `runners`."
     )
     grpc_api_keys_required: bool = Field(
         False, description="Require an API key (metadata `authorization: Bearer K`) on gRPC too."

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import grpc
 
+from torl.common.config import TlsClientSettings
 from torl.common.errors import DeadlineExceeded, InvalidArgument, TorlError
 from torl.common.grpc_client import aio_channel
 from torl.executor.auth import Admission, KeyStore, admit
@@ -199,9 +200,9 @@ class RemoteRunners:
     session keeps its worker; strict runs are spread round-robin.
     """
 
-    def __init__(self, targets: list[str], max_message_mb: int = 64) -> None:
+    def __init__(self, targets: list[str], max_message_mb: int = 64, tls: TlsClientSettings | None = None) -> None:
         self.targets = targets
-        self.channels = [aio_channel(t, max_message_mb) for t in targets]
+        self.channels = [aio_channel(t, max_message_mb, tls=tls) for t in targets]
         self.stubs = [executor_pb2_grpc.ExecutorStub(ch) for ch in self.channels]
         self._rr = itertools.count()
 

@@ -39,7 +39,7 @@ async def serve(settings: ExecutorSettings) -> None:
     service: RunService
     health_facts: dict[str, Any]
     if settings.role == "gateway":
-        remote = RemoteRunners(settings.runners, settings.grpc.max_message_mb)
+        remote = RemoteRunners(settings.runners, settings.grpc.max_message_mb, settings.runners_tls)
         service = remote
         health_facts = {
             "backend": "remote",

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from torl.common.config import GrpcServerSettings, ServiceSettings, StrictModel
+from torl.common.config import GrpcServerSettings, ServiceSettings, StrictModel, TlsClientSettings
 
 
 class GrpoSettings(StrictModel):
@@ -126,6 +126,11 @@ class WeightSyncSettings(StrictModel):
         "weights to any replica serving older ones (restarted or added mid-run); 0 = never.",
     )
     status_deadline_seconds: float = Field(5.0, gt=0.0, le=600.0, description="Deadline of one GetStatus call.")
+    tls: TlsClientSettings = Field(
+        default_factory=lambda: TlsClientSettings(),
+        description="TLS / mTLS of the calls to rollout replicas (discovered replicas are IPs: set "
+        "server_name_override to a name in their certificate).",
+    )
 
 
 class BufferSettings(StrictModel):

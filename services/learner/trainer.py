@@ -537,7 +537,7 @@ class Trainer:
         self.phase = "evaluating"
         t0 = time.perf_counter()
         sampling = rollout_pb2.SamplingOverrides(n=1, temperature=self.s.loop.eval_temperature)
-        with sync_channel(targets[0]) as ch:
+        with sync_channel(targets[0], tls=self.s.weight_sync.tls) as ch:
             stub = rollout_pb2_grpc.RolloutStub(ch)
 
             def one(p: Problem) -> trajectory_pb2.TrajectoryGroup:

@@ -24,8 +24,9 @@ from typing import Any
 
 import grpc
 
-from torl.common.grpc_client import channel_options
+from torl.common.grpc_client import open_channel
 from torl.common.logging import get_logger
+from torl.common.tls import channel_credentials
 from torl.common.weight_stream import pack_weights
 from torl.learner import metrics as m
 from torl.learner.config import WeightSyncSettings
@@ -78,15 +79,17 @@ class WeightSender:
         self.cfg = cfg
         self._targets = targets or (lambda: replica_targets(cfg))
         self._channels: dict[str, grpc.Channel] = {}
+        channel_credentials(cfg.tls, "weight_sync.tls")  # a bad TLS file fails here, at start-up
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="weight-push")
 
     def _stub(self, target: str) -> rollout_pb2_grpc.RolloutStub:
         if target not in self._channels:
             # gRPC-level retries are off here: a push is retried whole by _push_one. Reconnect backoff
             # is capped at 5 s so a replica that comes back (after a restart) is reached within seconds.
-            options = [*channel_options(max_message_mb=64, max_attempts=2),
-                       ("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)]
-            self._channels[target] = grpc.insecure_channel(target, options=options)
+            self._channels[target] = open_channel(
+                target, aio=False, tls=self.cfg.tls, max_message_mb=64, max_attempts=2,
+                extra_options=[("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)],
+            )
         return rollout_pb2_grpc.RolloutStub(self._channels[target])
 
     def _push_one(self, target: str, tensors: dict[str, Any], version: common_pb2.WeightVersion) -> str:

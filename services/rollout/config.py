@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from torl.common.config import GrpcServerSettings, ServiceSettings, StrictModel
+from torl.common.config import GrpcServerSettings, ServiceSettings, StrictModel, TlsClientSettings
 
 TIR_BASE_0309 = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it.\n"
@@ -105,6 +105,9 @@ class DependencySettings(StrictModel):
     max_tool_batch: int = Field(256, ge=1, le=4096, description="Most calls in one ExecuteBatch.")
     rpc_deadline_seconds: float = Field(
         60.0, gt=0.0, le=3600.0, description="Deadline of one ExecuteBatch/ScoreBatch call beyond the sandbox timeout."
+    )
+    tls: TlsClientSettings = Field(
+        default_factory=lambda: TlsClientSettings(), description="TLS / mTLS of the calls to executor and reward."
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import grpc
 
+from torl.common.config import TlsClientSettings
 from torl.rollout.tools import dependency_channel
 from torl.v1 import common_pb2, reward_pb2, reward_pb2_grpc, trajectory_pb2
 
@@ -28,10 +29,10 @@ def per_round_statuses(t: trajectory_pb2.Trajectory) -> list[int]:
 
 
 class RewardScorer:
-    def __init__(self, target: str, deadline_seconds: float = 60.0) -> None:
+    def __init__(self, target: str, deadline_seconds: float = 60.0, tls: TlsClientSettings | None = None) -> None:
         self.target = target
         self.deadline_seconds = deadline_seconds
-        self._channel = dependency_channel(target)
+        self._channel = dependency_channel(target, tls)
         self._stub = reward_pb2_grpc.RewardStub(self._channel)
 
     async def score_group(self, group: trajectory_pb2.TrajectoryGroup) -> None:

@@ -107,10 +107,8 @@ def build_core(settings: RolloutSettings) -> RolloutCore:
     from torl.rollout.tools import ExecutorTools
     from torl.rollout.weights import WeightReceiver, nccl_init_info, read_checkpoint_specs
 
-    model_dir = resolve_model_dir(settings.engine)
-    max_len = settings.engine.max_model_len or settings.loop.max_prompt_tokens + settings.loop.max_response_tokens
-    engine = VllmEngine.start(settings.engine, str(model_dir), max_len, settings.sampling.seed)
     deps = settings.deps
+    # Channels first: a bad TLS file (deps.tls) fails here, before the engine's slow start.
     tools = ExecutorTools(
         deps.executor_target,
         session_id=settings.replica_id,
@@ -118,8 +116,12 @@ def build_core(settings: RolloutSettings) -> RolloutCore:
         batch_window_ms=deps.tool_batch_window_ms,
         max_batch=deps.max_tool_batch,
         deadline_seconds=deps.rpc_deadline_seconds,
+        tls=deps.tls,
     )
-    scorer = RewardScorer(deps.reward_target, deadline_seconds=deps.rpc_deadline_seconds)
+    scorer = RewardScorer(deps.reward_target, deadline_seconds=deps.rpc_deadline_seconds, tls=deps.tls)
+    model_dir = resolve_model_dir(settings.engine)
+    max_len = settings.engine.max_model_len or settings.loop.max_prompt_tokens + settings.loop.max_response_tokens
+    engine = VllmEngine.start(settings.engine, str(model_dir), max_len, settings.sampling.seed)
     w = settings.weights
     nccl_info = None
     if settings.engine.weight_transfer == "nccl":  # config validation checked the rendezvous fields

@@ -15,18 +15,19 @@ from dataclasses import dataclass
 
 import grpc
 
-from torl.common.grpc_client import channel_options
+from torl.common.config import TlsClientSettings
+from torl.common.grpc_client import open_channel
 from torl.v1 import common_pb2, executor_pb2, executor_pb2_grpc
 
 MAX_RECONNECT_BACKOFF_MS = 1000  # how long after the executor (or reward) returns calls may still fail
 
 
-def dependency_channel(target: str) -> grpc.aio.Channel:
-    """Channel to the executor or reward service. gRPC's reconnect backoff grows to 120 s by default:
-    after an outage every call would keep failing (trajectories excluded) for up to two minutes after
-    the service came back, so the rollout caps it."""
-    return grpc.aio.insecure_channel(target, options=[
-        *channel_options(max_attempts=3),
+def dependency_channel(target: str, tls: TlsClientSettings | None = None) -> grpc.aio.Channel:
+    """Channel to the executor or reward service, over TLS when `tls.enabled` (deps.tls).
+
+    gRPC's reconnect backoff grows to 120 s by default: after an outage every call would keep failing
+    (trajectories excluded) for up to two minutes after the service came back, so the rollout caps it."""
+    return open_channel(target, aio=True, tls=tls, max_attempts=3, extra_options=[
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ])
@@ -59,6 +60,7 @@ class ExecutorTools:
         batch_window_ms: float = 2.0,
         max_batch: int = 256,
         deadline_seconds: float = 60.0,
+        tls: TlsClientSettings | None = None,
     ) -> None:
         self.target = target
         self.session_id = session_id
@@ -66,7 +68,7 @@ class ExecutorTools:
         self.batch_window = batch_window_ms / 1000.0
         self.max_batch = max_batch
         self.deadline_seconds = deadline_seconds
-        self._channel = dependency_channel(target)
+        self._channel = dependency_channel(target, tls)
         self._stub = executor_pb2_grpc.ExecutorStub(self._channel)
         self._pending: list[_Pending] = []
         self._timer: asyncio.TimerHandle | None = None
