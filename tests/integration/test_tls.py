@@ -228,3 +228,45 @@ def test_learner_replica_client_uses_weight_sync_tls(tls_replica: str, pki: Pki)
     refused = plain.replica_versions()[tls_replica]
     plain.close()
     assert isinstance(refused, str) and refused.startswith("UNAVAILABLE"), refused
+
+
+def test_server_picks_up_rotated_certificates(tmp_path: Path, pki: Pki, other_pki: Pki) -> None:
+    """grpc.tls.reload: new connections get the certificate now in the files (a Secret update),
+    without a restart; a half-written set (key of another cert) is skipped, the old one stays."""
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "tls.crt", live / "tls.key"
+    cert.write_bytes(pki.server_cert.read_bytes())
+    key.write_bytes(pki.server_key.read_bytes())
+    port = free_port()
+    settings = GrpcServerSettings(host="127.0.0.1", port=port, tls=TlsSettings(
+        enabled=True, cert_file=str(cert), key_file=str(key)))
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        running = await start_server(settings, [])
+        started.set()
+        await stop.wait()
+        await running.server.stop(None)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(10)
+        target = f"127.0.0.1:{port}"
+        serving = health_pb2.HealthCheckResponse.SERVING
+        with grpc.secure_channel(target, client_creds(pki)) as ch:
+            assert health_code(ch) == serving
+        key.write_bytes(other_pki.server_key.read_bytes())  # half-way through a rotation: key and cert differ
+        with grpc.secure_channel(target, client_creds(pki)) as ch:
+            assert health_code(ch) == serving  # the old pair stays in use
+        cert.write_bytes(other_pki.server_cert.read_bytes())
+        with grpc.secure_channel(target, client_creds(other_pki)) as ch:
+            assert health_code(ch) == serving  # rotated: signed by the new CA
+        with grpc.secure_channel(target, client_creds(pki)) as ch:
+            assert health_code(ch) == grpc.StatusCode.UNAVAILABLE  # the old CA no longer matches
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
