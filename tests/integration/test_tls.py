@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -106,6 +107,15 @@ def test_mtls_requires_a_client_certificate_from_the_ca(
     with grpc.secure_channel(sp.target, stranger) as ch:
         assert health_code(ch) == grpc.StatusCode.UNAVAILABLE
     assert sp.proc.poll() is None, sp.log()  # refused handshakes do not hurt the server
+
+    # The chart's exec probe (kubelet's gRPC probe has no TLS): healthy with the pod's cert, not without.
+    probe = [sys.executable, "-m", "torl.common.healthcheck", "--target", sp.target, "--tls", "--ca", str(pki.ca),
+             "--server-name", "torl-reward.test"]
+    ok = subprocess.run([*probe, "--cert", str(pki.client_cert), "--key", str(pki.client_key)],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    no_cert = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+    assert no_cert.returncode == 1 and "not healthy: UNAVAILABLE" in no_cert.stderr, no_cert.stderr
 
 
 @pytest.mark.parametrize(
