@@ -195,19 +195,83 @@ Init container that downloads the model from the hub into the `model` volume (so
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- end -}}
 
-{{/* Standard gRPC health probes (Kubernetes native gRPC probes, grpc.health.v1). */}}
+{{/*
+How a probe asks a service's grpc.health.v1: (dict "root" $ "port" N "component" "reward").
+Plaintext: kubelet's native gRPC probe. With tls.enabled the native probe cannot work (kubelet's
+gRPC probe speaks plaintext only and has no client certificate for mTLS), so the probe execs
+`python -m torl.common.healthcheck` in the container: the same health service, over TLS with the
+mounted Secret, checking the certificate against the component's Service name. Probing the
+plaintext metrics port instead would only show that the process is up, not that gRPC serves.
+*/}}
+{{- define "torl.grpcProbeAction" -}}
+{{- if .root.Values.tls.enabled -}}
+{{- $dir := include "torl.tlsDir" .root -}}
+exec:
+  command:
+    - python
+    - -m
+    - torl.common.healthcheck
+    - --target
+    - {{ printf "127.0.0.1:%d" (int .port) | quote }}
+    - --tls
+    - --ca
+    - {{ $dir }}/ca.crt
+    - --server-name
+    - {{ include "torl.componentName" (dict "root" .root "component" .component) }}
+    {{- if .root.Values.tls.mutual }}
+    - --cert
+    - {{ $dir }}/tls.crt
+    - --key
+    - {{ $dir }}/tls.key
+    {{- end }}
+{{- else -}}
+grpc: {port: {{ .port }}}
+{{- end -}}
+{{- end -}}
+
+{{/* Standard gRPC health probes: (dict "root" $ "port" N "component" "reward" ["startupFailures" N]). */}}
 {{- define "torl.grpcProbes" -}}
 startupProbe:
-  grpc: {port: {{ .port }}}
+  {{- include "torl.grpcProbeAction" . | nindent 2 }}
   periodSeconds: 5
+  timeoutSeconds: 5
   failureThreshold: {{ .startupFailures | default 60 }}
 readinessProbe:
-  grpc: {port: {{ .port }}}
+  {{- include "torl.grpcProbeAction" . | nindent 2 }}
   periodSeconds: 10
   timeoutSeconds: 5
 livenessProbe:
-  grpc: {port: {{ .port }}}
+  {{- include "torl.grpcProbeAction" . | nindent 2 }}
   periodSeconds: 20
   timeoutSeconds: 5
   failureThreshold: 6
+{{- end -}}
+
+{{/* TLS between services (values tls.*): where the Secret is mounted in every gRPC container. */}}
+{{- define "torl.tlsDir" -}}/etc/torl-secrets/tls{{- end -}}
+
+{{- define "torl.tlsSecretName" -}}
+{{- required "tls.secretName is required when tls.enabled=true: a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt (e.g. from a cert-manager Certificate)" .Values.tls.secretName -}}
+{{- end -}}
+
+{{/* The Secret's volumeMounts entry; nothing when TLS is off. (root context) */}}
+{{- define "torl.tlsVolumeMount" -}}
+{{- if .Values.tls.enabled }}
+- {name: tls, mountPath: {{ include "torl.tlsDir" . }}, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{/* The Secret's volume, readable by the pod's fsGroup only; nothing when TLS is off. (root context) */}}
+{{- define "torl.tlsVolume" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "torl.tlsSecretName" . }}
+    optional: false
+    defaultMode: 0440
+    items:
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+      - {key: ca.crt, path: ca.crt}
+{{- end }}
 {{- end -}}

@@ -1,0 +1,131 @@
+"""The chart's TLS between services (values tls.*), rendered offline: off by default; when on, every
+gRPC container mounts the Secret read-only, its service config turns on server TLS and the client
+TLS of each hop (the services accept it), probes exec the TLS health check, and a missing Secret
+name fails the install with a clear message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.test_chart import TORL_COMPONENTS, _settings_class, by_kind, workloads
+from tests.deploy.tools import CHART, CI_VALUES, helm_template, render, run, tool
+
+pytestmark = pytest.mark.timeout(300)
+
+TLS_DIR = "/etc/torl-secrets/tls"
+CPU = next(p for p in CI_VALUES if p.stem == "cpu-values")
+
+
+def tls_values(mutual: bool) -> list[str]:
+    return ["-f", str(CPU), "--set", "tls.enabled=true", "--set", "tls.secretName=torl-tls",
+            "--set", f"tls.mutual={str(mutual).lower()}"]
+
+
+def config_of(docs: list[dict[str, Any]], pod: dict[str, Any]) -> dict[str, Any]:
+    configmaps = {d["metadata"]["name"]: d for d in by_kind(docs, "ConfigMap")}
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    content: dict[str, Any] = yaml.safe_load(configmaps[vol["configMap"]["name"]]["data"]["config.yaml"])
+    return content
+
+
+def service_name(docs: list[dict[str, Any]], comp: str) -> str:
+    (svc,) = [d for d in by_kind(docs, "Service") if d["metadata"]["labels"]["app.kubernetes.io/component"] == comp]
+    return str(svc["metadata"]["name"])
+
+
+def test_tls_is_off_by_default() -> None:
+    docs = render("-f", str(CPU))
+    for comp, wl in workloads(docs).items():
+        pod = wl["spec"]["template"]["spec"]
+        assert all(v["name"] != "tls" for v in pod.get("volumes", [])), comp
+        if comp not in TORL_COMPONENTS:
+            continue
+        cfg = config_of(docs, pod)
+        assert "tls" not in cfg["grpc"], comp
+        assert "runners_tls" not in cfg and "tls" not in cfg.get("deps", {}) and "tls" not in cfg.get("weight_sync", {})
+        (c,) = pod["containers"]
+        assert "grpc" in c["livenessProbe"] and "exec" not in c["livenessProbe"], comp
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
+def test_tls_on_mounts_the_secret_and_configures_every_hop(mutual: bool) -> None:
+    docs = render(*tls_values(mutual))
+    wls = workloads(docs)
+    client_cert = {"cert_file": f"{TLS_DIR}/tls.crt", "key_file": f"{TLS_DIR}/tls.key"} if mutual else {}
+    expected_client = {"enabled": True, "ca_file": f"{TLS_DIR}/ca.crt", **client_cert}
+    for comp in TORL_COMPONENTS:
+        pod = wls[comp]["spec"]["template"]["spec"]
+        (vol,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        assert vol["secret"]["secretName"] == "torl-tls" and vol["secret"]["optional"] is False
+        assert {i["key"] for i in vol["secret"]["items"]} == {"tls.crt", "tls.key", "ca.crt"}
+        (c,) = pod["containers"]
+        assert {"name": "tls", "mountPath": TLS_DIR, "readOnly": True} in c["volumeMounts"], comp
+
+        cfg = config_of(docs, pod)
+        server = {"enabled": True, "cert_file": f"{TLS_DIR}/tls.crt", "key_file": f"{TLS_DIR}/tls.key"}
+        if mutual:
+            server["ca_file"] = f"{TLS_DIR}/ca.crt"
+        assert cfg["grpc"]["tls"] == server, comp
+        from torl.common.config import load_settings
+
+        cls, _prefix = _settings_class(comp)
+        settings = load_settings(cls, file_values=cfg)  # the service accepts what the chart writes
+        assert settings.grpc.tls.enabled and bool(settings.grpc.tls.ca_file) == mutual
+
+        # Probes: kubelet's gRPC probe has no TLS, so they exec the TLS health check against the Service name.
+        port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+        probes = ["startupProbe", "livenessProbe"] + ([] if comp == "executor-gateway" else ["readinessProbe"])
+        for probe in probes:
+            cmd = c[probe]["exec"]["command"]
+            assert cmd[:3] == ["python", "-m", "torl.common.healthcheck"], (comp, probe)
+            assert cmd[cmd.index("--target") + 1] == f"127.0.0.1:{port}"
+            assert cmd[cmd.index("--server-name") + 1] == service_name(docs, comp)
+            assert ("--cert" in cmd) == mutual and "--tls" in cmd
+            assert c[probe]["timeoutSeconds"] >= 5
+            assert "grpc" not in c[probe]
+        if comp == "executor-gateway":
+            assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+
+    gateway = config_of(docs, wls["executor-gateway"]["spec"]["template"]["spec"])
+    assert gateway["runners_tls"] == expected_client
+    rollout = config_of(docs, wls["rollout"]["spec"]["template"]["spec"])
+    assert rollout["deps"]["tls"] == expected_client
+    learner = config_of(docs, wls["learner"]["spec"]["template"]["spec"])
+    # Replicas are dialled by pod IP: the learner checks their certificate against the rollout Service name.
+    assert learner["weight_sync"]["tls"] == {**expected_client, "server_name_override": service_name(docs, "rollout")}
+
+
+def test_tls_manifests_lint_and_validate(tmp_path: Any) -> None:
+    values = tmp_path / "tls.yaml"
+    values.write_text(yaml.safe_dump({"tls": {"enabled": True, "secretName": "torl-tls", "mutual": True}}))
+    res = run([tool("helm"), "lint", "--strict", str(CHART), "-f", str(CPU), "-f", str(values)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    for doc in render(*tls_values(True)):
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            kubernetes_validate.validate(doc, "1.35.0", strict=True)
+
+
+def test_tls_without_secret_name_fails_clearly() -> None:
+    res = helm_template("-f", str(CPU), "--set", "tls.enabled=true")
+    assert res.returncode != 0
+    assert "tls.secretName is required when tls.enabled=true" in res.stderr, res.stderr
+    assert "kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("tls.mutal=true", "tls: Additional property mutal is not allowed"),
+        ("tls.enabled=yes please", "tls.enabled: Invalid type. Expected: boolean, given: string"),
+        ("tls.secretName=Not_A_Name", "tls.secretName: Does not match pattern"),
+    ],
+)
+def test_tls_values_schema(setting: str, message: str) -> None:
+    res = helm_template("-f", str(CPU), "--set", setting)
+    assert res.returncode != 0, f"--set {setting} was accepted"
+    assert message in res.stderr, res.stderr
