@@ -122,6 +122,7 @@ class KeyStore:
         self._by_digest = {_digest(k.key): k for k in parsed.keys}
         for k in parsed.keys:  # new limits apply at once
             self.buckets[k.name] = TokenBucket(k.rate_per_second, k.burst)
+            metrics.initialize_caller(k.name)
         self._stamp = stamp
         log.info("api_keys_loaded", path=str(self.path), keys=len(parsed.keys))
 

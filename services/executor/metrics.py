@@ -1,6 +1,13 @@
-"""Prometheus metrics of the executor; every metric the dashboards and alerts use is defined here."""
+"""Prometheus metrics of the executor; every metric the dashboards and alerts use is defined here.
+
+`initialize` creates the labelled series whose label values are known at start (statuses,
+isolations, recycle reasons, the configured callers) at 0, so a dashboard or alert sees a
+series, not "no data", before the first event of each kind.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -37,3 +44,33 @@ SANDBOX_START = Histogram(
 RATE_LIMITED = Counter(
     "torl_executor_rate_limited_total", "Requests refused by a per-key rate or concurrency limit.", ["caller", "limit"]
 )
+
+STATUSES = ("ok", "error", "timeout", "sandbox_error", "rejected")
+ISOLATIONS = ("strict", "session")
+RECYCLE_REASONS = ("uses", "fault", "handover", "start_failed")
+POOL_STATES = ("starting", "ready", "draining")
+LIMITS = ("rate", "concurrency")
+
+
+def initialize(backend: str | None, callers: Iterable[tuple[str, str]]) -> None:
+    """Zero series for what is known at start. `backend` is the sandbox backend (None on a
+    gateway, which runs no sandbox); `callers` are (caller, api) pairs that may call."""
+    for caller, api in callers:
+        for status in STATUSES:
+            REQUESTS.labels(status, caller, api)
+    if backend is None:
+        return
+    for isolation in ISOLATIONS:
+        RUN_DURATION.labels(isolation)
+    SANDBOX_START.labels(backend)
+    for reason in RECYCLE_REASONS:
+        RECYCLED.labels(reason)
+    for state in POOL_STATES:
+        POOL_SANDBOXES.labels(state)
+
+
+def initialize_caller(name: str) -> None:
+    """Zero request and rate-limit series for an API key (at load and on every reload)."""
+    initialize(None, [(name, "rest"), (name, "grpc")])
+    for limit in LIMITS:
+        RATE_LIMITED.labels(name, limit)

@@ -15,6 +15,7 @@ from typing import Any
 from torl.common.grpc_server import ServiceBinding, start_server, stop_event_on_signals
 from torl.common.logging import configure_logging, get_logger
 from torl.common.metrics import start_metrics_server
+from torl.executor import metrics
 from torl.executor.auth import KeyStore
 from torl.executor.config import LOOPBACK_HOSTS, ExecutorSettings
 from torl.executor.grpc_api import ExecutorServicer, RemoteRunners, RunService
@@ -66,6 +67,9 @@ async def serve(settings: ExecutorSettings) -> None:
             "warning": "; ".join(backend.health_warnings()),
         }
         await executor.pool.start(wait=True)
+    anonymous = [] if keys is not None else [("anonymous", "rest")]
+    grpc_callers = [] if settings.grpc_api_keys_required else [("grpc", "grpc")]
+    metrics.initialize(executor.pool.backend.name if executor is not None else None, anonymous + grpc_callers)
 
     def health() -> dict[str, Any]:
         pool = executor.pool.stats() if executor is not None else {}

@@ -1,7 +1,14 @@
 """Prometheus metrics of the learner (torl_learner_<what>_<unit>). The JSONL log carries the same
-figures per step; these are what dashboards and alerts read."""
+figures per step; these are what dashboards and alerts read.
+
+`initialize` creates the labelled series whose label values are known at start at 0 (fixed sets,
+and the replicas the learner pushes to, also as they are discovered), so dashboards and alerts
+see a series before the first event of each kind.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -56,3 +63,34 @@ EVAL_ACCURACY = Gauge("torl_learner_eval_accuracy_ratio", "Held-out accuracy at 
 CHECKPOINT_SECONDS = Histogram(
     "torl_learner_checkpoint_seconds", "Time to write a durable checkpoint.", buckets=LATENCY_BUCKETS
 )
+
+GROUP_OUTCOMES = ("applied", "dropped_stale", "dead", "duplicate", "unusable", "reissued")
+STEP_PHASES = ("wait", "forward_backward", "optimizer", "weight_push", "checkpoint", "step")
+IMPORTANCE_STATS = ("mean", "max")
+STREAMS = ("prompts", "trajectories", "dead")
+REDIS_OPS = ("ensure_streams", "publish_prompts", "set_version", "get_version", "write_state", "read_state",
+             "next_incarnation", "read", "ack", "autoclaim", "dead_letter", "pending", "dead_entries", "memory")
+
+
+def initialize() -> None:
+    from torl.v1 import common_pb2
+
+    for outcome in GROUP_OUTCOMES:
+        GROUPS.labels(outcome=outcome)
+    for name, _ in common_pb2.RewardReason.items():
+        if name != "REWARD_REASON_UNSPECIFIED":
+            REWARDS_BY_REASON.labels(reason=name.removeprefix("REWARD_REASON_").lower())
+    for phase in STEP_PHASES:
+        STEP_SECONDS.labels(phase=phase)
+    for stat in IMPORTANCE_STATS:
+        IMPORTANCE_RATIO.labels(stat=stat)
+    for stream in STREAMS:
+        STREAM_LENGTH.labels(stream=stream)
+    for op in REDIS_OPS:
+        REDIS_ERRORS.labels(op=op)
+
+
+def initialize_replicas(targets: Iterable[str]) -> None:
+    for target in targets:
+        WEIGHT_PUSH_FAILURES.labels(replica=target)
+        WEIGHT_REPUSHES.labels(replica=target)

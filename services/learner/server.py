@@ -18,7 +18,7 @@ import grpc
 from torl.common.grpc_server import RunningServer, ServiceBinding
 from torl.common.logging import get_logger
 from torl.common.service import run_grpc_service
-from torl.learner import metrics  # noqa: F401  registers every learner metric: an idle learner lists them too
+from torl.learner import metrics  # registers every learner metric at start: an idle learner lists them too
 from torl.learner.config import LearnerSettings
 from torl.v1 import common_pb2, learner_pb2, learner_pb2_grpc
 
@@ -48,6 +48,7 @@ class LearnerServicer(learner_pb2_grpc.LearnerServicer):
 
 
 async def serve(settings: LearnerSettings) -> None:
+    metrics.initialize()
     servicer = LearnerServicer(settings)
     binding = ServiceBinding(
         name="torl.v1.Learner", servicer=servicer, add=learner_pb2_grpc.add_LearnerServicer_to_server

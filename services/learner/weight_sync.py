@@ -115,7 +115,9 @@ class WeightSender:
         return err
 
     def targets(self) -> list[str]:
-        return list(self._targets())
+        found = list(self._targets())
+        m.initialize_replicas(found)  # a replica's failure series exists (at 0) from its discovery
+        return found
 
     def replica_versions(self, targets: Sequence[str] | None = None) -> dict[str, common_pb2.WeightVersion | str]:
         """Each replica's serving version (GetStatus, in parallel), or the error that kept it from answering."""

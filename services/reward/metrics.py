@@ -1,4 +1,8 @@
-"""Prometheus metrics of the reward service (one place, so dashboards and tests agree on names)."""
+"""Prometheus metrics of the reward service (one place, so dashboards and tests agree on names).
+
+`initialize` creates every labelled series at 0 (the label values are fixed sets), so dashboards
+and alerts see a series before the first event of each kind.
+"""
 
 from __future__ import annotations
 
@@ -35,3 +39,18 @@ BATCH_ITEMS = Histogram(
     "Items per ScoreBatch call.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
 )
+
+REASONS = ("correct", "wrong", "no_answer", "unparsable", "timeout")
+MODES = ("training", "eval")
+RESTART_CAUSES = ("timeout", "crashed")
+SCREENED = ("response", "answer", "reference")
+
+
+def initialize() -> None:
+    for reason in REASONS:
+        for mode in MODES:
+            SCORES.labels(reason=reason, mode=mode)
+    for cause in RESTART_CAUSES:
+        WORKER_RESTARTS.labels(cause=cause)
+    for what in SCREENED:
+        SCREEN_REJECTIONS.labels(what=what)

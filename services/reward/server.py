@@ -99,6 +99,7 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
 
 
 async def serve(settings: RewardSettings) -> None:
+    metrics.initialize()
     grader = await asyncio.to_thread(Grader, settings.grader)
     binding = ServiceBinding(
         name="torl.v1.Reward",

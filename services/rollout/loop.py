@@ -135,6 +135,7 @@ async def run_trajectory(
     logprobs: list[float] = []
     mask: list[int] = []
     finish = trajectory_pb2.FINISH_REASON_STOP
+    cause = ""  # metrics label of an exclusion (one of metrics.EXCLUSION_CAUSES)
     metrics.SEQUENCES_IN_FLIGHT.inc()
     try:
         for round_index in range(config.max_tool_calls + 1):
@@ -156,7 +157,7 @@ async def run_trajectory(
                 raise
             except Exception as e:  # the engine failed this request: record it, keep the group going
                 finish = trajectory_pb2.FINISH_REASON_ERROR
-                traj.excluded = True
+                traj.excluded, cause = True, "generation_failed"
                 traj.excluded_reason = f"generation failed: {type(e).__name__}: {e}"
                 break
             ids += out.token_ids
@@ -168,7 +169,7 @@ async def run_trajectory(
                 break
             if out.finish_reason != "stop":
                 finish = trajectory_pb2.FINISH_REASON_ERROR
-                traj.excluded = True
+                traj.excluded, cause = True, "generation_aborted"
                 traj.excluded_reason = f"generation ended with {out.finish_reason!r}"
                 break
             if not tool_round or out.stop_string != config.stop_string:
@@ -185,11 +186,11 @@ async def run_trajectory(
             metrics.TOOL_WAIT_SECONDS.observe(result.seconds)
             if not result.reachable:
                 finish = trajectory_pb2.FINISH_REASON_ERROR
-                traj.excluded = True
+                traj.excluded, cause = True, "executor_unreachable"
                 traj.excluded_reason = f"executor unreachable: {result.message}"
                 break
             if result.status in INFRA_STATUSES and not traj.excluded:
-                traj.excluded = True
+                traj.excluded, cause = True, "sandbox_error"
                 traj.excluded_reason = f"sandbox_error: {result.message or 'no detail'}"
             obs_ids = engine.encode(OBSERVATION_FORMAT.format(observation=result.observation))
             obs_ids = obs_ids[: config.max_response_tokens - len(ids)]
@@ -208,7 +209,7 @@ async def run_trajectory(
     traj.version_end.CopyFrom(version())
     metrics.TOOL_CALLS_PER_RESPONSE.observe(len(traj.tool_calls))
     if traj.excluded:
-        metrics.TRAJECTORIES_EXCLUDED.labels(cause=traj.excluded_reason.split(":", 1)[0]).inc()
+        metrics.TRAJECTORIES_EXCLUDED.labels(cause=cause).inc()
     return traj
 
 

@@ -1,4 +1,8 @@
-"""Prometheus metrics of the rollout service (torl_rollout_*)."""
+"""Prometheus metrics of the rollout service (torl_rollout_*).
+
+`initialize` creates every labelled series whose label values form a fixed set at 0, so the
+dashboards and alerts see a series (not "no data") before the first event of each kind.
+"""
 
 from __future__ import annotations
 
@@ -53,3 +57,35 @@ PROMPTS_TRUNCATED = Counter("torl_rollout_prompts_truncated_total", "Prompts cut
 GROUP_SECONDS = Histogram(
     "torl_rollout_group_seconds", "Time to generate and score one group.", buckets=LATENCY_BUCKETS
 )
+
+TOKEN_KINDS = ("model", "observation")
+WEIGHT_UPDATE_PHASES = ("receive", "pause")
+WEIGHT_UPDATE_OUTCOMES = ("applied", "rejected", "stale", "failed")
+GROUP_OUTCOMES = ("stream", "dead", "lost_claim")
+RESUME_SOURCES = ("own_backlog", "claimed")
+EXCLUSION_CAUSES = (
+    "generation_failed", "generation_aborted", "executor_unreachable", "sandbox_error", "scoring_failed"
+)
+REJECTION_REASONS = ("empty", "bad_tokens", "too_long")
+
+
+def initialize() -> None:
+    from torl.v1 import common_pb2
+
+    for kind in TOKEN_KINDS:
+        TOKENS.labels(kind=kind)
+    for status, _ in common_pb2.ToolStatus.items():
+        if status != "TOOL_STATUS_UNSPECIFIED":
+            TOOL_CALLS.labels(status=status)
+    for phase in WEIGHT_UPDATE_PHASES:
+        WEIGHT_UPDATE_SECONDS.labels(phase=phase)
+    for outcome in WEIGHT_UPDATE_OUTCOMES:
+        WEIGHT_UPDATES.labels(outcome=outcome)
+    for outcome in GROUP_OUTCOMES:
+        GROUPS.labels(outcome=outcome)
+    for source in RESUME_SOURCES:
+        PROMPTS_RESUMED.labels(source=source)
+    for cause in EXCLUSION_CAUSES:
+        TRAJECTORIES_EXCLUDED.labels(cause=cause)
+    for reason in REJECTION_REASONS:
+        PROMPTS_REJECTED.labels(reason=reason)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import grpc
 
 from torl.common.config import TlsClientSettings
+from torl.rollout import metrics
 from torl.rollout.tools import dependency_channel
 from torl.v1 import common_pb2, reward_pb2, reward_pb2_grpc, trajectory_pb2
 
@@ -65,6 +66,7 @@ class RewardScorer:
                 if not t.excluded:
                     t.excluded = True
                     t.excluded_reason = f"scoring failed: {reason}"
+                    metrics.TRAJECTORIES_EXCLUDED.labels(cause="scoring_failed").inc()
             return
         for t, r in zip(group.trajectories, resp.responses, strict=True):
             t.reward = float(r.reward)

@@ -17,6 +17,7 @@ from torl.common.errors import FailedPrecondition, InvalidArgument
 from torl.common.grpc_server import RunningServer, ServiceBinding
 from torl.common.logging import get_logger
 from torl.common.service import run_grpc_service
+from torl.rollout import metrics
 from torl.rollout.config import RolloutSettings
 from torl.rollout.core import RolloutCore
 from torl.rollout.queue import PromptQueue
@@ -139,6 +140,7 @@ def build_core(settings: RolloutSettings) -> RolloutCore:
 
 
 async def serve(settings: RolloutSettings) -> None:
+    metrics.initialize()
     core = build_core(settings)
     q = settings.queue
     queue = (
