@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,17 @@ class Child:
     log_path: Path
     grpc_target: str | None = None
     redis_port: int | None = None  # readiness by PING instead of gRPC health
+    http_ready_url: str | None = None  # readiness by HTTP 200 instead of gRPC health
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
+
+
+def http_ready(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def grpc_healthy(target: str, timeout: float = 1.0) -> bool:
@@ -114,6 +124,12 @@ class Supervisor:
         child.redis_port = port
         return child
 
+    def start_prometheus(self, args: Sequence[str], port: int) -> Child:
+        """A Prometheus server (see torl.cli.monitoring); ready when /-/ready answers 200."""
+        child = self.start("prometheus", args)
+        child.http_ready_url = f"http://127.0.0.1:{port}/-/ready"
+        return child
+
     def wait_healthy(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         assert child.proc is not None
@@ -122,6 +138,9 @@ class Supervisor:
                 raise RuntimeError(f"{child.name} exited with {child.proc.returncode}; log: {child.log_path}")
             if child.redis_port is not None:
                 if redis_ready(child.redis_port):
+                    return
+            elif child.http_ready_url is not None:
+                if http_ready(child.http_ready_url):
                     return
             elif child.grpc_target is None or grpc_healthy(child.grpc_target):
                 return

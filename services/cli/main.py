@@ -123,15 +123,21 @@ def config_show(
     typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=True))
 
 
+PrometheusOpt = Annotated[
+    bool, typer.Option("--prometheus", help="Also start a local Prometheus (scrapes every service, loads the alerts).")
+]
+
+
 @app.command("up", help="Run every service locally on loopback ports until Ctrl-C.")
 def up(
     run_dir: Annotated[Path, typer.Option(help="Where logs and state go.")] = Path("runs/up"),
     check: Annotated[bool, typer.Option("--check", help="Start, print health, stop.")] = False,
     config: ConfigOpt = None,
+    prometheus: PrometheusOpt = False,
 ) -> None:
     from torl.cli.up import run_up
 
-    raise typer.Exit(run_up(run_dir, check, config=config))
+    raise typer.Exit(run_up(run_dir, check, config=config, prometheus=prometheus))
 
 
 @app.command("eval", help="Evaluate a model with the TIR loop on benchmarks (paper layout table).")
@@ -221,10 +227,11 @@ def train(
     sets: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Override a learner field: --set loop.total_steps=5.")
     ] = None,
+    prometheus: PrometheusOpt = False,
 ) -> None:
     from torl.cli.up import run_train
 
-    raise typer.Exit(run_train(config, sets or []))
+    raise typer.Exit(run_train(config, sets or [], prometheus=prometheus))
 
 
 @model_app.command("pretrain", help="Pretrain a tiny model on the synthetic ToRL corpus (staged; cached).")

@@ -3,7 +3,9 @@
 `torl up` starts its own redis-server (own dir, AOF, noeviction), the executor (gVisor), reward,
 rollout and learner, prints where each listens, and stops them all on Ctrl-C or SIGTERM (children
 get SIGTERM in reverse order, then SIGKILL of their process groups, so no process or sandbox is
-left). `torl train --config F` does the same with the learner training: it prepares the model the
+left). Each service serves /metrics on a loopback port listed in <run_dir>/prometheus/targets.json
+(with a ready prometheus.yml beside it); `--prometheus` also starts a Prometheus server on it
+(torl.cli.monitoring). `torl train --config F` does the same with the learner training: it prepares the model the
 config names (for the demo: the tiny model, pretrained on the synthetic corpus, cached), shows a
 progress bar per step, waits for the learner to finish, and writes the report (PNG plots and a
 Markdown summary).
@@ -64,6 +66,13 @@ class Stack:
     redis_port: int
     ports: dict[str, int]
     children: dict[str, Child] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    rest_port: int = field(default_factory=free_port)  # the executor's REST API
+    prometheus_url: str = ""
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.run_dir / "prometheus"
 
     @property
     def redis_url(self) -> str:
@@ -78,7 +87,7 @@ def service_sets(stack: Stack, model_dir: str, train: bool) -> dict[str, list[st
     rd = stack.run_dir.resolve()
     sets: dict[str, list[str]] = {
         "executor": [
-            f"rest.port={free_port()}",
+            f"rest.port={stack.rest_port}",
             f"sandbox.state_dir={rd / 'executor-state'}",
             f"sandbox.name_prefix=torl-up-{os.getpid()}",
         ],
@@ -112,15 +121,37 @@ def validate_all(config: Path | None, sets: dict[str, list[str]]) -> None:
         build_settings(name, config, sets[name])
 
 
+def start_prometheus(sup: Supervisor, stack: Stack) -> str:
+    """A Prometheus server on the run's prometheus.yml (scrapes every service, loads the alerts); its URL."""
+    from torl.cli.monitoring import prometheus_args
+
+    port = free_port()
+    config = stack.prometheus_dir / "prometheus.yml"
+    child = sup.start_prometheus(prometheus_args(config, stack.prometheus_dir / "data", port), port)
+    sup.wait_healthy(child, 60)
+    stack.children["prometheus"] = child
+    return f"http://127.0.0.1:{port}"
+
+
 def start_stack(sup: Supervisor, stack: Stack, config: Path | None, sets: dict[str, list[str]],
-                timeout: float, services: tuple[str, ...] = SERVICE_ORDER) -> None:
-    """Redis first, then `services` in dependency order, each waited for until healthy."""
+                timeout: float, services: tuple[str, ...] = SERVICE_ORDER, prometheus: bool = False) -> None:
+    """Redis first, then `services` in dependency order, each waited for until healthy; their
+    /metrics ports go to <run_dir>/prometheus/targets.json (and, with `prometheus`, to a server)."""
+    from torl.cli.monitoring import write_config, write_targets
+
+    stack.metrics_ports = {name: free_port() for name in services}
+    write_targets(stack.prometheus_dir, stack.metrics_ports)
+    write_config(stack.prometheus_dir)
+    if prometheus:
+        stack.prometheus_url = start_prometheus(sup, stack)
+        print(f"prometheus on {stack.prometheus_url} (scraping {stack.prometheus_dir / 'targets.json'}, "
+              "alert rules loaded)", flush=True)
     print(f"starting redis-server on 127.0.0.1:{stack.redis_port}", flush=True)
     redis_child = sup.start_redis(stack.redis_port, stack.run_dir / "redis")
     sup.wait_healthy(redis_child, 30)
     stack.children["redis"] = redis_child
     for name in services:
-        extra = ["--metrics-port", "0"]
+        extra = ["--metrics-port", str(stack.metrics_ports[name]), "--set", "metrics_host=127.0.0.1"]
         if config is not None:
             extra += ["--config", str(config)]
         for s in sets[name]:
@@ -130,7 +161,25 @@ def start_stack(sup: Supervisor, stack: Stack, config: Path | None, sets: dict[s
         child = sup.start_service(name, stack.ports[name], extra)
         sup.wait_healthy(child, timeout)
         stack.children[name] = child
-        print(f" SERVING on {child.grpc_target} ({time.monotonic() - t0:.1f}s, log {child.log_path})", flush=True)
+        print(f" SERVING on {child.grpc_target}, /metrics on 127.0.0.1:{stack.metrics_ports[name]} "
+              f"({time.monotonic() - t0:.1f}s, log {child.log_path})", flush=True)
+    write_endpoints(stack)
+
+
+def write_endpoints(stack: Stack) -> Path:
+    """<run_dir>/endpoints.json: where every part of the run listens (for scripts and tests)."""
+    services = {name: {"grpc": stack.target(name), "metrics": f"127.0.0.1:{port}"}
+                for name, port in stack.metrics_ports.items() if name in stack.children}
+    data = {
+        "run_id": stack.run_id,
+        "redis": stack.redis_url,
+        "services": services,
+        "executor_rest": f"http://127.0.0.1:{stack.rest_port}" if "executor" in services else "",
+        "prometheus": stack.prometheus_url,
+    }
+    path = stack.run_dir / "endpoints.json"
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def _install_sigterm() -> None:
@@ -140,7 +189,8 @@ def _install_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise)
 
 
-def run_up(run_dir: Path, check: bool, timeout: float = 300.0, config: Path | None = None) -> int:
+def run_up(run_dir: Path, check: bool, timeout: float = 300.0, config: Path | None = None,
+           prometheus: bool = False) -> int:
     """Start all services; with `check`, print their health and stop; else run until Ctrl-C."""
     ports = {name: free_port() for name in SERVICE_ORDER}
     stack = Stack(run_dir, "up", free_port(), ports)
@@ -149,7 +199,7 @@ def run_up(run_dir: Path, check: bool, timeout: float = 300.0, config: Path | No
     _install_sigterm()
     with Supervisor(run_dir / "logs") as sup:
         try:
-            start_stack(sup, stack, config, sets, timeout)
+            start_stack(sup, stack, config, sets, timeout, prometheus=prometheus)
             if check:
                 print("all services healthy; stopping (--check)")
                 return 0
@@ -217,7 +267,7 @@ def follow_training(learner: Child, metrics_path: Path, total: int) -> int:
         time.sleep(1.0)
 
 
-def run_train(config: Path, sets_extra: list[str] | None = None) -> int:
+def run_train(config: Path, sets_extra: list[str] | None = None, prometheus: bool = False) -> int:
     """`torl train --config F`: up + training + report."""
     import shutil
 
@@ -232,7 +282,7 @@ def run_train(config: Path, sets_extra: list[str] | None = None) -> int:
     sets["learner"] += list(sets_extra or [])
     validate_all(config, sets)
     if cfg.fresh:
-        for sub in ("learner", "redis", "logs", "executor-state"):
+        for sub in ("learner", "redis", "logs", "executor-state", "prometheus"):
             shutil.rmtree(run_dir / sub, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     _install_sigterm()
@@ -243,7 +293,7 @@ def run_train(config: Path, sets_extra: list[str] | None = None) -> int:
             sets = service_sets(stack, model_dir, train=True)
             sets["learner"] += list(sets_extra or [])
             learner_settings: Any = build_settings("learner", config, sets["learner"])
-            start_stack(sup, stack, config, sets, cfg.start_timeout_seconds)
+            start_stack(sup, stack, config, sets, cfg.start_timeout_seconds, prometheus=prometheus)
             total = int(learner_settings.loop.total_steps)
             print(f"training {total} steps (run {cfg.run_id}; learner log {stack.children['learner'].log_path})",
                   flush=True)

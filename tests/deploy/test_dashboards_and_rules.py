@@ -11,7 +11,6 @@ import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -22,6 +21,9 @@ from tests.deploy.tools import (
     RULE_TESTS_DIR,
     RULES_DIR,
     SERVICES,
+    alert_rules,
+    dashboard_queries,
+    dashboards,
     exported_by_modules,
     exported_by_scrape,
     metric_names_in,
@@ -33,28 +35,6 @@ pytestmark = pytest.mark.timeout(300)
 
 BUILD_SCRIPT = REPO / "deploy" / "grafana" / "build_dashboards.py"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
-
-
-def dashboards() -> dict[str, dict[str, Any]]:
-    return {p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(DASHBOARDS_DIR.glob("*.json"))}
-
-
-def dashboard_queries() -> list[tuple[str, str, str]]:
-    """(dashboard file, panel title, expr) for every query of every panel."""
-    out = []
-    for name, dash in dashboards().items():
-        for panel in dash["panels"]:
-            for target in panel["targets"]:
-                out.append((name, panel["title"], target["expr"]))
-    return out
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    rules = []
-    for path in sorted(RULES_DIR.glob("*.yaml")):
-        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]:
-            rules.extend(group["rules"])
-    return rules
 
 
 # --- dashboards -------------------------------------------------------------------------------

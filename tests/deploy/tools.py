@@ -7,6 +7,7 @@ Nothing here needs a cluster: helm renders offline, kubernetes-validate holds th
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
 import subprocess
@@ -53,6 +54,31 @@ def render(*args: str) -> list[dict[str, Any]]:
     res = helm_template(*args)
     assert res.returncode == 0, f"helm template {' '.join(args)} failed:\n{res.stderr}"
     return [d for d in yaml.safe_load_all(res.stdout) if d]
+
+
+# --- dashboards and rules ---------------------------------------------------------------------
+
+
+def dashboards() -> dict[str, dict[str, Any]]:
+    return {p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(DASHBOARDS_DIR.glob("*.json"))}
+
+
+def dashboard_queries() -> list[tuple[str, str, str]]:
+    """(dashboard file, panel title, expr) for every query of every panel."""
+    out = []
+    for name, dash in dashboards().items():
+        for panel in dash["panels"]:
+            for target in panel["targets"]:
+                out.append((name, panel["title"], target["expr"]))
+    return out
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    rules = []
+    for path in sorted(RULES_DIR.glob("*.yaml")):
+        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]:
+            rules.extend(group["rules"])
+    return rules
 
 
 # --- metric names -----------------------------------------------------------------------------
@@ -146,3 +172,13 @@ def metric_names_in(expr: str) -> set[str]:
             continue
         names.add(ident)
     return names
+
+
+def selectors_in(expr: str) -> set[str]:
+    """The vector selectors of a PromQL expression, label matchers included (`name{a="b"}` or `name`)."""
+    text = _GRAFANA_VARS.sub("5m", expr)
+    out: set[str] = set()
+    for name in metric_names_in(expr):
+        for m in re.finditer(rf"(?<![\w:]){re.escape(name)}(?![\w:])\s*(\{{[^{{}}]*\}})?", text):
+            out.add(name + (m.group(1) or ""))
+    return out
