@@ -2,7 +2,7 @@
 
 Both sides train the same model directory (default: the demo's pretrained tiny model, built and
 cached as `torl train` does) on the demo's 'What is A*B+C?' problems in ToRL's prompt template,
-8 prompts x 8 samples per optimizer step, at most 48 response tokens (observations included),
+8 prompts x 8 samples per optimizer step, at most 48 response tokens (observations included; `--max-tokens`),
 temperature 1, beta 0 (no KL, no reference model), AdamW lr 3e-4, float32 on CPU.
 
 TRL (benchmarks/peers/trl_grpo.py in benchmarks/.venv-trl, trl 1.16.0; see its docstring): TRL's
@@ -43,11 +43,11 @@ TRL_PY = ROOT / "benchmarks" / ".venv-trl" / "bin" / "python"
 MAX_TOKENS = 48
 
 
-def run_trl(model: str, steps: int, tool: bool, out: Path) -> dict[str, Any]:
+def run_trl(model: str, steps: int, tool: bool, out: Path, max_tokens: int) -> dict[str, Any]:
     if not TRL_PY.is_file():
         raise SystemExit(f"{TRL_PY} missing: run `bash benchmarks/peers/setup_trl.sh` first")
     cmd = [str(TRL_PY), "-W", "ignore", str(ROOT / "benchmarks" / "peers" / "trl_grpo.py"), "--model", model,
-           "--steps", str(steps), "--out", str(out)] + (["--tool"] if tool else [])
+           "--steps", str(steps), "--out", str(out), "--max-tokens", str(max_tokens)] + (["--tool"] if tool else [])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -56,11 +56,11 @@ def run_trl(model: str, steps: int, tool: bool, out: Path) -> dict[str, Any]:
     res: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     res["wall_seconds"] = time.perf_counter() - t0
     print(f"TRL tool={tool}: step p50 {res['step_seconds_p50']:.2f} s, "
-          f"tool calls/step {res['tool_calls_per_step']:.1f}", flush=True)
+          f"tool calls/step {res['tool_calls_per_step']:.1f}, reward {res['reward_mean']}", flush=True)
     return res
 
 
-def run_torl(model: str, steps: int, tool_calls: int, run_dir: Path) -> dict[str, Any]:
+def run_torl(model: str, steps: int, tool_calls: int, run_dir: Path, max_tokens: int) -> dict[str, Any]:
     """One local stack with C=tool_calls; a learner run per staleness (1, then 0)."""
     import shutil
 
@@ -74,7 +74,7 @@ def run_torl(model: str, steps: int, tool_calls: int, run_dir: Path) -> dict[str
     shutil.rmtree(run_dir, ignore_errors=True)
     stack = Stack(run_dir, f"vs-trl-c{tool_calls}", free_port(), {n: free_port() for n in SERVICE_ORDER})
     sets = service_sets(stack, model, train=True)
-    sets["rollout"] += [f"loop.max_tool_calls={tool_calls}", f"loop.max_response_tokens={MAX_TOKENS}"]
+    sets["rollout"] += [f"loop.max_tool_calls={tool_calls}", f"loop.max_response_tokens={max_tokens}"]
     sets["executor"] += ["sandbox.backend=gvisor"]
     out: dict[str, Any] = {}
     with Supervisor(run_dir / "logs") as sup:
@@ -87,7 +87,7 @@ def run_torl(model: str, steps: int, tool_calls: int, run_dir: Path) -> dict[str
             r["response_tokens_mean"] = sum(x["response_tokens"] for x in rows) / len(rows)
             out[f"staleness_{k}"] = r
             print(f"torl C={tool_calls} max_staleness={k}: step p50 {r['step_seconds_p50']:.2f} s, "
-                  f"tool calls/step {r['tool_calls_per_step']:.1f}", flush=True)
+                  f"tool calls/step {r['tool_calls_per_step']:.1f}, reward {r['reward_mean']:.3f}", flush=True)
     return out
 
 
@@ -97,6 +97,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=12, help="Optimizer steps per run (the first 2 are warm-up).")
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-vs-trl"))
     ap.add_argument("--only", choices=("all", "trl", "torl"), default="all")
+    ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="Response budget, observations included.")
+    ap.add_argument("--results", default=str(RESULTS), help="JSON output path.")
     args = ap.parse_args()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -104,27 +106,28 @@ def main() -> int:
 
     model = args.model or prepare_model(TrainCommandSettings())
     run_dir = Path(args.run_dir)
-    result: dict[str, Any] = {"model": model, "steps": args.steps, "max_tokens": MAX_TOKENS,
+    results = Path(args.results)
+    result: dict[str, Any] = {"model": model, "steps": args.steps, "max_tokens": args.max_tokens,
                               "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()}
-    if RESULTS.is_file():  # keep the other side's figures when only one side is re-run
-        prev = json.loads(RESULTS.read_text())
+    if results.is_file() and args.only != "all":  # keep the other side's figures when only one side is re-run
+        prev = json.loads(results.read_text())
         result.update({k: v for k, v in prev.items() if k.startswith(("trl_", "torl_"))})
     if args.only in ("all", "trl"):
-        result["trl_no_tool"] = run_trl(model, args.steps, False, run_dir / "trl-c0")
-        result["trl_tool"] = run_trl(model, args.steps, True, run_dir / "trl-c1")
+        result["trl_no_tool"] = run_trl(model, args.steps, False, run_dir / "trl-c0", args.max_tokens)
+        result["trl_tool"] = run_trl(model, args.steps, True, run_dir / "trl-c1", args.max_tokens)
     if args.only in ("all", "torl"):
-        result["torl_no_tool"] = run_torl(model, args.steps, 0, run_dir / "torl-c0")
-        result["torl_tool"] = run_torl(model, args.steps, 1, run_dir / "torl-c1")
+        result["torl_no_tool"] = run_torl(model, args.steps, 0, run_dir / "torl-c0", args.max_tokens)
+        result["torl_tool"] = run_torl(model, args.steps, 1, run_dir / "torl-c1", args.max_tokens)
     result["loadavg_end"] = os.getloadavg()
     lines = ["| side | tool | max_staleness | step p50 s | rollout / train part p50 s | tool calls / step "
-             "| TRL / torl | TRL rollout part / torl |", "|---|---|---|---|---|---|---|---|"]
+             "| reward mean | TRL / torl | TRL rollout part / torl |", "|---|---|---|---|---|---|---|---|---|"]
     for tool in (False, True):
         trl = result.get("trl_tool" if tool else "trl_no_tool")
         if trl:
             lines.append(f"| TRL 1.16 GRPOTrainer | {'python3 -c' if tool else 'none'} | sync | "
                          f"{trl['step_seconds_p50']:.2f} | {trl.get('rollout_seconds_p50', float('nan')):.2f} / "
                          f"{trl.get('train_seconds_p50', float('nan')):.2f} | {trl['tool_calls_per_step']:.1f} "
-                         "| 1.0 | |")
+                         f"| {trl.get('reward_mean') or float('nan'):.3f} | 1.0 | |")
         torl = result.get("torl_tool" if tool else "torl_no_tool")
         for k in (1, 0):
             if not torl:
@@ -136,13 +139,13 @@ def main() -> int:
             r["trl_rollout_part_over_torl"] = gen_ratio
             lines.append(f"| torl | {'gVisor, C=1' if tool else 'none (C=0)'} | {k} | {r['step_seconds_p50']:.2f} | "
                          f"{r['wait_seconds_p50']:.2f} / {r['train_seconds_p50']:.2f} | "
-                         f"{r['tool_calls_per_step']:.1f} | {ratio:.2f}x | {gen_ratio:.2f}x |")
+                         f"{r['tool_calls_per_step']:.1f} | {r['reward_mean']:.3f} | {ratio:.2f}x | {gen_ratio:.2f}x |")
     table = "\n".join(lines)
     print("\n" + table)
     result["table"] = table
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS}")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2))
+    print(f"wrote {results}")
     return 0
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 PROMPTS_PER_STEP = 8
 GROUP = 8
-MAX_COMPLETION = 48
+MAX_COMPLETION = 48  # default; --max-tokens sets it
 STOP = "```output"
 
 
@@ -157,13 +157,19 @@ class ToolRollout:
 
 
 def main() -> int:
+    global MAX_COMPLETION
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2, help="First steps left out of the figures.")
     ap.add_argument("--tool", action="store_true", help="ToRL's C=1 loop through rollout_func.")
     ap.add_argument("--out", default="runs/bench-vs-trl/trl")
+    ap.add_argument("--max-tokens", type=int, default=MAX_COMPLETION,
+                    help="Completion budget in tokens (observations included).")
     args = ap.parse_args()
+    if args.max_tokens < 1:
+        raise SystemExit(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    MAX_COMPLETION = args.max_tokens  # read by ToolRollout at call time
     os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
 
     import torch
