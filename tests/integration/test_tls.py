@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import REPO, ServiceProcess, free_port, torl_cmd
+from tests.conftest import REPO, ServiceProcess, free_port, require_binary, torl_cmd
 from tests.tls_certs import Pki, make_pki
 from torl.common.config import GrpcServerSettings, TlsClientSettings, TlsSettings
 from torl.common.grpc_server import ServiceBinding, start_server
@@ -280,3 +280,42 @@ def test_server_picks_up_rotated_certificates(tmp_path: Path, pki: Pki, other_pk
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
+
+
+def test_executor_hops_over_mtls(start_service: Callable[..., ServiceProcess], pki: Pki, tmp_path: Path) -> None:
+    """rollout -> executor gateway -> runner, every hop mTLS: the rollout's ExecutorTools (deps.tls) runs
+    code through a gateway whose runner channel uses runners_tls; a gateway without client TLS cannot."""
+    from torl.rollout.tools import ExecutorTools
+
+    require_binary("bwrap")
+    creds = client_creds(pki, with_cert=True)
+    client = {"enabled": True, "ca_file": str(pki.ca), "cert_file": str(pki.client_cert),
+              "key_file": str(pki.client_key)}
+    runner = start_service(
+        "executor", *tls_args(pki, mutual=True), "--set", "role=runner", "--set", "rest.enabled=false",
+        "--set", "sandbox.backend=bwrap", "--set", "pool.size=1", "--set", f"sandbox.state_dir={tmp_path / 'r'}",
+        credentials=creds,
+    )
+    runners = f'runners=["localhost:{runner.port}"]'
+    gateway = start_service(
+        "executor", *tls_args(pki, mutual=True), "--set", "role=gateway", "--set", "rest.enabled=false",
+        "--set", runners, *[a for k, v in client.items() for a in ("--set", f"runners_tls.{k}={v}")],
+        credentials=creds,
+    )
+    plain_gateway = start_service(
+        "executor", "--set", "role=gateway", "--set", "rest.enabled=false", "--set", runners,
+    )
+
+    async def run(target: str) -> tuple[str, bool, str]:
+        tools = ExecutorTools(target, session_id="rollout-0", timeout_seconds=20.0, deadline_seconds=30.0,
+                              tls=TlsClientSettings.model_validate(client) if target != plain_gateway.target else None)
+        try:
+            r = await tools.run("print(6 * 7)")
+        finally:
+            await tools.close()
+        return r.observation.strip(), r.reachable, r.message
+
+    assert asyncio.run(run(f"localhost:{gateway.port}"))[:2] == ("42", True)
+    observation, _reachable, message = asyncio.run(run(plain_gateway.target))
+    # The plaintext gateway is reached, but its runner refuses the plaintext hop.
+    assert observation != "42" and f"runner localhost:{runner.port} failed: UNAVAILABLE" in message, message
