@@ -233,6 +233,7 @@ def main() -> int:
         "side": "trl", "tool": args.tool, "steps": len(steps), "step_seconds": steps,
         "step_seconds_p50": statistics.median(steps), "step_seconds_mean": statistics.fmean(steps),
         "rollout_seconds_p50": statistics.median(gen_times[args.warmup :]),
+        "rollout_seconds_mean": statistics.fmean(gen_times[args.warmup :]),
         "train_seconds_p50": statistics.median(s - g for s, g in zip(steps, gen_times[args.warmup :], strict=False)),
         "tool_calls_total": rollout.calls if rollout else 0,
         "tool_calls_per_step": (rollout.calls / args.steps) if rollout else 0.0,
