@@ -1,7 +1,8 @@
 """The chart's TLS between services (values tls.*), rendered offline: off by default; when on, every
-gRPC container mounts the Secret read-only, its service config turns on server TLS and the client
-TLS of each hop (the services accept it), probes exec the TLS health check, and a missing Secret
-name fails the install with a clear message.
+gRPC service container mounts the Secret read-only, its service config turns on server TLS and the
+client TLS of each hop (the services accept it), probes exec the TLS health check, runner pods (they
+run untrusted code) mount only a Secret of their own, and a missing Secret name fails the install
+with a clear message.
 """
 
 from __future__ import annotations
@@ -21,9 +22,25 @@ TLS_DIR = "/etc/torl-secrets/tls"
 CPU = next(p for p in CI_VALUES if p.stem == "cpu-values")
 
 
-def tls_values(mutual: bool) -> list[str]:
+def tls_values(mutual: bool, runner_secret: str = "") -> list[str]:
     return ["-f", str(CPU), "--set", "tls.enabled=true", "--set", "tls.secretName=torl-tls",
-            "--set", f"tls.mutual={str(mutual).lower()}"]
+            "--set", f"tls.mutual={str(mutual).lower()}", "--set", f"tls.runnerSecretName={runner_secret}"]
+
+
+def assert_tls_probes(docs: list[dict[str, Any]], comp: str, c: dict[str, Any], mutual: bool) -> None:
+    """Kubelet's gRPC probe has no TLS: probes exec the TLS health check against the Service name."""
+    port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+    probes = ["startupProbe", "livenessProbe"] + ([] if comp == "executor-gateway" else ["readinessProbe"])
+    for probe in probes:
+        cmd = c[probe]["exec"]["command"]
+        assert cmd[:3] == ["python", "-m", "torl.common.healthcheck"], (comp, probe)
+        assert cmd[cmd.index("--target") + 1] == f"127.0.0.1:{port}"
+        assert cmd[cmd.index("--server-name") + 1] == service_name(docs, comp)
+        assert ("--cert" in cmd) == mutual and "--tls" in cmd
+        assert c[probe]["timeoutSeconds"] >= 5
+        assert "grpc" not in c[probe]
+    if comp == "executor-gateway":
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
 
 
 def config_of(docs: list[dict[str, Any]], pod: dict[str, Any]) -> dict[str, Any]:
@@ -52,13 +69,21 @@ def test_tls_is_off_by_default() -> None:
         assert "grpc" in c["livenessProbe"] and "exec" not in c["livenessProbe"], comp
 
 
+SERVICES_WITH_SECRET = tuple(c for c in TORL_COMPONENTS if c != "executor-runner")
+
+
 @pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
 def test_tls_on_mounts_the_secret_and_configures_every_hop(mutual: bool) -> None:
+    from torl.common.config import load_settings
+
     docs = render(*tls_values(mutual))
     wls = workloads(docs)
     client_cert = {"cert_file": f"{TLS_DIR}/tls.crt", "key_file": f"{TLS_DIR}/tls.key"} if mutual else {}
     expected_client = {"enabled": True, "ca_file": f"{TLS_DIR}/ca.crt", **client_cert}
-    for comp in TORL_COMPONENTS:
+    server = {"enabled": True, "cert_file": f"{TLS_DIR}/tls.crt", "key_file": f"{TLS_DIR}/tls.key"}
+    if mutual:
+        server["ca_file"] = f"{TLS_DIR}/ca.crt"
+    for comp in SERVICES_WITH_SECRET:
         pod = wls[comp]["spec"]["template"]["spec"]
         (vol,) = [v for v in pod["volumes"] if v["name"] == "tls"]
         assert vol["secret"]["secretName"] == "torl-tls" and vol["secret"]["optional"] is False
@@ -67,45 +92,54 @@ def test_tls_on_mounts_the_secret_and_configures_every_hop(mutual: bool) -> None
         assert {"name": "tls", "mountPath": TLS_DIR, "readOnly": True} in c["volumeMounts"], comp
 
         cfg = config_of(docs, pod)
-        server = {"enabled": True, "cert_file": f"{TLS_DIR}/tls.crt", "key_file": f"{TLS_DIR}/tls.key"}
-        if mutual:
-            server["ca_file"] = f"{TLS_DIR}/ca.crt"
         assert cfg["grpc"]["tls"] == server, comp
-        from torl.common.config import load_settings
-
         cls, _prefix = _settings_class(comp)
         settings = load_settings(cls, file_values=cfg)  # the service accepts what the chart writes
         assert settings.grpc.tls.enabled and bool(settings.grpc.tls.ca_file) == mutual
+        assert_tls_probes(docs, comp, c, mutual)
 
-        # Probes: kubelet's gRPC probe has no TLS, so they exec the TLS health check against the Service name.
-        port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
-        probes = ["startupProbe", "livenessProbe"] + ([] if comp == "executor-gateway" else ["readinessProbe"])
-        for probe in probes:
-            cmd = c[probe]["exec"]["command"]
-            assert cmd[:3] == ["python", "-m", "torl.common.healthcheck"], (comp, probe)
-            assert cmd[cmd.index("--target") + 1] == f"127.0.0.1:{port}"
-            assert cmd[cmd.index("--server-name") + 1] == service_name(docs, comp)
-            assert ("--cert" in cmd) == mutual and "--tls" in cmd
-            assert c[probe]["timeoutSeconds"] >= 5
-            assert "grpc" not in c[probe]
-        if comp == "executor-gateway":
-            assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-
-    gateway = config_of(docs, wls["executor-gateway"]["spec"]["template"]["spec"])
-    assert gateway["runners_tls"] == expected_client
     rollout = config_of(docs, wls["rollout"]["spec"]["template"]["spec"])
     assert rollout["deps"]["tls"] == expected_client
     learner = config_of(docs, wls["learner"]["spec"]["template"]["spec"])
     # Replicas are dialled by pod IP: the learner checks their certificate against the rollout Service name.
     assert learner["weight_sync"]["tls"] == {**expected_client, "server_name_override": service_name(docs, "rollout")}
 
+    # Runner pods run untrusted code: without a Secret of their own they mount none, and the
+    # gateway -> runner hop stays plaintext (native gRPC probes).
+    runner = wls["executor-runner"]["spec"]["template"]["spec"]
+    assert all("secret" not in v for v in runner["volumes"])
+    assert "tls" not in config_of(docs, runner)["grpc"]
+    assert "grpc" in runner["containers"][0]["livenessProbe"]
+    assert "runners_tls" not in config_of(docs, wls["executor-gateway"]["spec"]["template"]["spec"])
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
+def test_runners_use_only_their_own_secret(mutual: bool) -> None:
+    from torl.common.config import load_settings
+
+    docs = render(*tls_values(mutual, runner_secret="torl-runner-tls"))
+    wls = workloads(docs)
+    runner = wls["executor-runner"]["spec"]["template"]["spec"]
+    secrets = [v["secret"]["secretName"] for v in runner["volumes"] if "secret" in v]
+    assert secrets == ["torl-runner-tls"]  # never the services' Secret (torl-tls)
+    (c,) = runner["containers"]
+    assert {"name": "tls", "mountPath": TLS_DIR, "readOnly": True} in c["volumeMounts"]
+    cfg = config_of(docs, runner)
+    assert cfg["grpc"]["tls"]["enabled"] and ("ca_file" in cfg["grpc"]["tls"]) == mutual
+    load_settings(_settings_class("executor-runner")[0], file_values=cfg)
+    assert_tls_probes(docs, "executor-runner", c, mutual)
+    gateway = config_of(docs, wls["executor-gateway"]["spec"]["template"]["spec"])
+    client_cert = {"cert_file": f"{TLS_DIR}/tls.crt", "key_file": f"{TLS_DIR}/tls.key"} if mutual else {}
+    assert gateway["runners_tls"] == {"enabled": True, "ca_file": f"{TLS_DIR}/ca.crt", **client_cert}
+
 
 def test_tls_manifests_lint_and_validate(tmp_path: Any) -> None:
     values = tmp_path / "tls.yaml"
-    values.write_text(yaml.safe_dump({"tls": {"enabled": True, "secretName": "torl-tls", "mutual": True}}))
+    values.write_text(yaml.safe_dump({"tls": {"enabled": True, "secretName": "torl-tls", "mutual": True,
+                                              "runnerSecretName": "torl-runner-tls"}}))
     res = run([tool("helm"), "lint", "--strict", str(CHART), "-f", str(CPU), "-f", str(values)])
     assert res.returncode == 0, res.stdout + res.stderr
-    for doc in render(*tls_values(True)):
+    for doc in render(*tls_values(True, runner_secret="torl-runner-tls")):
         if doc["kind"] in ("Deployment", "StatefulSet"):
             kubernetes_validate.validate(doc, "1.35.0", strict=True)
 

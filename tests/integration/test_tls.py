@@ -106,6 +106,15 @@ def test_mtls_requires_a_client_certificate_from_the_ca(
     )
     with grpc.secure_channel(sp.target, stranger) as ch:
         assert health_code(ch) == grpc.StatusCode.UNAVAILABLE
+    # A certificate from our CA issued for "server auth" only (how runner certificates are issued,
+    # docs/deploy.md) is no client certificate: a leaked runner key opens no other service.
+    server_only = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.read_bytes(),
+        private_key=pki.server_key.read_bytes(),
+        certificate_chain=pki.server_cert.read_bytes(),
+    )
+    with grpc.secure_channel(sp.target, server_only) as ch:
+        assert health_code(ch) == grpc.StatusCode.UNAVAILABLE
     assert sp.proc.poll() is None, sp.log()  # refused handshakes do not hurt the server
 
     # The chart's exec probe (kubelet's gRPC probe has no TLS): healthy with the pod's cert, not without.

@@ -204,7 +204,7 @@ mounted Secret, checking the certificate against the component's Service name. P
 plaintext metrics port instead would only show that the process is up, not that gRPC serves.
 */}}
 {{- define "torl.grpcProbeAction" -}}
-{{- if .root.Values.tls.enabled -}}
+{{- if include "torl.tlsSecretFor" . -}}
 {{- $dir := include "torl.tlsDir" .root -}}
 exec:
   command:
@@ -254,19 +254,36 @@ livenessProbe:
 {{- required "tls.secretName is required when tls.enabled=true: a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt (e.g. from a cert-manager Certificate)" .Values.tls.secretName -}}
 {{- end -}}
 
-{{/* The Secret's volumeMounts entry; nothing when TLS is off. (root context) */}}
+{{/*
+The TLS Secret a component mounts, "" for none: (dict "root" $ "component" "reward"). Runner pods
+run untrusted code as the service's own uid, which could read a mounted key, so they never get the
+services' Secret: only tls.runnerSecretName (a server-only certificate of their own), or nothing
+(their gRPC stays plaintext, reachable from gateway pods only by NetworkPolicy).
+*/}}
+{{- define "torl.tlsSecretFor" -}}
+{{- if .root.Values.tls.enabled -}}
+{{- if eq .component "executor-runner" -}}
+{{- .root.Values.tls.runnerSecretName -}}
+{{- else -}}
+{{- include "torl.tlsSecretName" .root -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret's volumeMounts entry; nothing without a Secret. (dict "root" $ "component" "reward") */}}
 {{- define "torl.tlsVolumeMount" -}}
-{{- if .Values.tls.enabled }}
-- {name: tls, mountPath: {{ include "torl.tlsDir" . }}, readOnly: true}
+{{- if include "torl.tlsSecretFor" . }}
+- {name: tls, mountPath: {{ include "torl.tlsDir" .root }}, readOnly: true}
 {{- end }}
 {{- end -}}
 
-{{/* The Secret's volume, readable by the pod's fsGroup only; nothing when TLS is off. (root context) */}}
+{{/* The Secret's volume, readable by the pod's fsGroup only; nothing without a Secret. (dict "root" $ "component" "reward") */}}
 {{- define "torl.tlsVolume" -}}
-{{- if .Values.tls.enabled }}
+{{- $secret := include "torl.tlsSecretFor" . -}}
+{{- if $secret }}
 - name: tls
   secret:
-    secretName: {{ include "torl.tlsSecretName" . }}
+    secretName: {{ $secret }}
     optional: false
     defaultMode: 0440
     items:
