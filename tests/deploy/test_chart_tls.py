@@ -125,12 +125,13 @@ def test_runners_use_only_their_own_secret(mutual: bool) -> None:
     (c,) = runner["containers"]
     assert {"name": "tls", "mountPath": TLS_DIR, "readOnly": True} in c["volumeMounts"]
     cfg = config_of(docs, runner)
-    assert cfg["grpc"]["tls"]["enabled"] and ("ca_file" in cfg["grpc"]["tls"]) == mutual
+    # Server TLS without client certificates, also under mTLS: the runner's certificate is server-auth
+    # only, so its own probe could not present one (who calls runners is the NetworkPolicy's job).
+    assert cfg["grpc"]["tls"] == {"enabled": True, "cert_file": f"{TLS_DIR}/tls.crt", "key_file": f"{TLS_DIR}/tls.key"}
     load_settings(_settings_class("executor-runner")[0], file_values=cfg)
-    assert_tls_probes(docs, "executor-runner", c, mutual)
+    assert_tls_probes(docs, "executor-runner", c, mutual=False)
     gateway = config_of(docs, wls["executor-gateway"]["spec"]["template"]["spec"])
-    client_cert = {"cert_file": f"{TLS_DIR}/tls.crt", "key_file": f"{TLS_DIR}/tls.key"} if mutual else {}
-    assert gateway["runners_tls"] == {"enabled": True, "ca_file": f"{TLS_DIR}/ca.crt", **client_cert}
+    assert gateway["runners_tls"] == {"enabled": True, "ca_file": f"{TLS_DIR}/ca.crt"}
 
 
 def test_tls_manifests_lint_and_validate(tmp_path: Any) -> None:

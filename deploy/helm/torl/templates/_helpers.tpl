@@ -218,7 +218,7 @@ exec:
     - {{ $dir }}/ca.crt
     - --server-name
     - {{ include "torl.componentName" (dict "root" .root "component" .component) }}
-    {{- if .root.Values.tls.mutual }}
+    {{- if and .root.Values.tls.mutual (ne .component "executor-runner") }}
     - --cert
     - {{ $dir }}/tls.crt
     - --key
