@@ -164,3 +164,26 @@ def test_tls_values_schema(setting: str, message: str) -> None:
     res = helm_template("-f", str(CPU), "--set", setting)
     assert res.returncode != 0, f"--set {setting} was accepted"
     assert message in res.stderr, res.stderr
+
+
+def test_notes_say_how_services_talk(tmp_path: Any) -> None:
+    """NOTES.txt (rendered through tpl in a copy of the chart, as test_chart.test_notes_render does)."""
+    import shutil
+
+    chart = tmp_path / "torl"
+    shutil.copytree(CHART, chart)
+    (chart / "notes-src.txt").write_text((CHART / "templates" / "NOTES.txt").read_text())
+    (chart / "templates" / "notes-check.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
+        '    {{- tpl (.Files.Get "notes-src.txt") . | nindent 4 }}\n'
+    )
+
+    def notes(*sets: str) -> str:
+        res = run([tool("helm"), "template", "t", str(chart), "-f", str(CPU), *sets,
+                   "--show-only", "templates/notes-check.yaml"])
+        assert res.returncode == 0, res.stderr
+        return str(yaml.safe_load(res.stdout)["data"]["notes"])
+
+    assert "gRPC between services: plaintext inside the namespace" in notes()
+    on = notes("--set", "tls.enabled=true", "--set", "tls.secretName=torl-tls", "--set", "tls.mutual=true")
+    assert 'gRPC between services: mTLS (Secret "torl-tls"; gateway -> runners: plaintext' in on
