@@ -36,6 +36,6 @@ USER 10001:10001
 WORKDIR /tmp
 EXPOSE 50053 9103
 HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
-  CMD ["python", "-c", "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch = grpc.insecure_channel('127.0.0.1:50053'); sys.exit(0 if g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=4).status == h.HealthCheckResponse.SERVING else 1)"]
+  CMD ["python", "-m", "torl.common.healthcheck", "--target", "127.0.0.1:50053"]
 ENTRYPOINT ["torl"]
 CMD ["rollout", "serve"]
