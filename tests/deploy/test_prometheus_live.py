@@ -42,7 +42,7 @@ API_KEY = "team-a-secret-token-0123456789"
 def write_run_config(tmp: Path) -> Path:
     cfg: dict[str, Any] = yaml.safe_load((REPO / "configs" / "demo-cpu.yaml").read_text(encoding="utf-8"))
     keys = tmp / "api-keys.yaml"
-    keys.write_text(yaml.safe_dump({"keys": [{"name": "team-a", "key": API_KEY, "rate_per_second": 0.5,
+    keys.write_text(yaml.safe_dump({"keys": [{"name": "team-a", "key": API_KEY, "rate_per_second": 0.01,
                                                "burst": 2}]}), encoding="utf-8")
     cfg["train"].update(run_dir=str(tmp / "run"), run_id="promlive", model="tiny", report=False)
     cfg["executor"]["rest"] = {"api_keys_file": str(keys)}
@@ -119,7 +119,7 @@ def test_dashboards_and_alerts_return_series_from_a_live_run(tmp_path: Path) -> 
         assert prom.startswith("http://127.0.0.1:")
         assert set(endpoints["services"]) == {"executor", "reward", "rollout", "learner"}
 
-        # Another team's calls: two within the burst, then refused (rate 0.5/s, burst 2).
+        # Another team's calls: two within the burst, then refused (rate 0.01/s, burst 2).
         rest = endpoints["executor_rest"]
         auth = {"Authorization": f"Bearer {API_KEY}"}
         codes = [http_json(f"{rest}/v1/runs", {"code": "print(6*7)"}, auth)[0] for _ in range(4)]
