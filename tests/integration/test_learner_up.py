@@ -3,11 +3,13 @@ process it started (services, vLLM workers, sandboxes, redis-server) is left beh
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,16 @@ def test_up_starts_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     names = {Path(f"/proc/{p}/comm").read_text().strip() for p in started if alive(p)}
     assert "redis-server" in names
     assert (tmp_path / "redis" / "appendonlydir").is_dir() or any((tmp_path / "redis").glob("*.aof*"))
+    # Where everything listens, for scripts: every service's /metrics answers with its own families.
+    endpoints = json.loads((tmp_path / "endpoints.json").read_text())
+    assert set(endpoints["services"]) == {"executor", "reward", "rollout", "learner"}
+    assert endpoints["redis"].startswith("redis://127.0.0.1:") and endpoints["prometheus"] == ""
+    targets = json.loads((tmp_path / "prometheus" / "targets.json").read_text())
+    for group in targets:
+        name = group["labels"]["service"]
+        assert group["targets"] == [endpoints["services"][name]["metrics"]]
+        with urllib.request.urlopen(f"http://{group['targets'][0]}/metrics", timeout=10) as resp:
+            assert f"torl_{name}_" in resp.read().decode(), name
 
     proc.send_signal(signal.SIGINT)
     rc = proc.wait(60)
