@@ -1,5 +1,6 @@
 """`torl eval` end to end: local executor + rollout (real vLLM, tiny model), in-process grading,
-paper-layout table, JSONL of every response; a tampered dataset fails before anything starts."""
+paper-layout table, JSONL of every response, for a shipped benchmark, a user file and the demo's
+arith set; a tampered dataset fails before anything starts."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_eval_runs_through_real_services(tmp_path: Path) -> None:
     from torl.rollout.tiny_model import build_tiny
 
     model = build_tiny()
-    mine = tmp_path / "arith.jsonl"
+    mine = tmp_path / "mine.jsonl"
     mine.write_text(
         "\n".join(
             json.dumps({"id": f"a{i}", "problem": f"What is {a}*{b}+{c}?", "answer": str(a * b + c)})
@@ -41,23 +42,27 @@ def test_eval_runs_through_real_services(tmp_path: Path) -> None:
     r = subprocess.run(
         [
             sys.executable, "-m", "torl.cli.main", "eval", "--model", str(model),
-            "--datasets", f"gsm8k,{mine}", "--limit", "2", "--k", "2", "--temperature", "1.0",
+            "--datasets", f"gsm8k,{mine},arith:0:2", "--limit", "2", "--k", "2", "--temperature", "1.0",
             "--max-tokens", "48", "--out", str(out),
         ],
         capture_output=True, text=True, timeout=850, cwd=REPO,
         env={**__import__("os").environ, "TORL_EXECUTOR_SANDBOX__BACKEND": "bwrap"},
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "| gsm8k | 2 |" in r.stdout and "| arith | 2 |" in r.stdout
+    header = (
+        "| dataset | problems | avg@2 % | pass@2 % | avg response tokens | tool calls / response | code error rate %"
+    )
+    assert header in r.stdout
+    assert "| gsm8k | 2 |" in r.stdout and "| mine | 2 |" in r.stdout and "| arith | 2 |" in r.stdout
     rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 * 2 * 2  # datasets x problems x k
+    assert len(rows) == 3 * 2 * 2  # datasets x problems x k
     for row in rows:
         assert {"dataset", "id", "response", "correct", "reason", "tool_calls", "response_tokens"} <= row.keys()
         assert row["reason"] in {"correct", "wrong", "no_answer", "unparsable", "timeout"}
         assert isinstance(row["correct"], bool)
     assert any(row["response_tokens"] > 0 for row in rows)
     summary = json.loads((out / "summary.json").read_text())
-    assert [d["dataset"] for d in summary["datasets"]] == ["gsm8k", "arith"]
+    assert [d["dataset"] for d in summary["datasets"]] == ["gsm8k", "mine", "arith"]
     assert all(d["samples_per_problem"] == 2 for d in summary["datasets"])
     assert (out / "results.md").read_text().startswith("# Evaluation of ")
 
