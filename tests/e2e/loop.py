@@ -110,7 +110,10 @@ def check_lineage(loop: Loop, steps: int, prompts: int) -> list[str]:
     assert sorted(final) == list(range(1, steps + 1)), sorted(final)
     ids = [g for s in sorted(final) for g in final[s]["group_ids"]]
     assert len(ids) == len(set(ids)), "a group was applied twice"
-    assert set(ids) == {f"{loop.run_id}-e0-{i}" for i in range(steps * prompts)}, "a prompt was skipped or lost"
+    # Prompt ids are <run>-e<epoch>-<feed position>; the feed wraps into epoch 1 after the train set.
+    size = int(yaml.safe_load(loop.config.read_text())["learner"]["data"]["arith_train_size"])
+    expected = {f"{loop.run_id}-e{i // size}-{i}" for i in range(steps * prompts)}
+    assert set(ids) == expected, f"a prompt was skipped or lost: {sorted(expected ^ set(ids))[:10]}"
     return ids
 
 

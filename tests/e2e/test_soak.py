@@ -111,6 +111,10 @@ def test_soak_of_the_training_loop_has_no_resource_growth(tmp_path: Path) -> Non
     # Each kept stream entry (a prompt, or a group of 4 trajectories of <= 80 + 400 tokens) costs well
     # under 32 KiB; beyond that, memory must not grow.
     assert grown <= kept * 32 * 1024 + (1 << 20), (grown, kept)
+    # RSS at warm-up and each later quarter: growth that keeps going is a leak, a step up early is warm-up.
+    quarters = [samples[samples.index(warm) + (len(samples) - 1 - samples.index(warm)) * q // 4] for q in range(5)]
+    print("rss MiB by quarter: " + "; ".join(
+        f"{name} " + "/".join(str(s.usage[name].rss_bytes >> 20) for s in quarters) for name in (*SERVICES, "learner")))
     print(f"soak {STEPS} steps in {minutes:.1f} min, tool use {tool_use[0]:.2f}->{tool_use[-1]:.2f}; "
           + "; ".join(report)
           + f"; sandboxes {warm.sandboxes}->{last.sandboxes}; redis +{grown >> 10} KiB for {kept} kept entries")
