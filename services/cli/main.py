@@ -228,10 +228,13 @@ def train(
         list[str] | None, typer.Option("--set", "-s", help="Override a learner field: --set loop.total_steps=5.")
     ] = None,
     prometheus: PrometheusOpt = False,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Write logs, state and output here instead of train.run_dir.")
+    ] = None,
 ) -> None:
     from torl.cli.up import run_train
 
-    raise typer.Exit(run_train(config, sets or [], prometheus=prometheus))
+    raise typer.Exit(run_train(config, sets or [], prometheus=prometheus, run_dir_override=run_dir))
 
 
 @model_app.command("pretrain", help="Pretrain a tiny model on the synthetic ToRL corpus (staged; cached).")

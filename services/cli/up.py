@@ -267,13 +267,16 @@ def follow_training(learner: Child, metrics_path: Path, total: int) -> int:
         time.sleep(1.0)
 
 
-def run_train(config: Path, sets_extra: list[str] | None = None, prometheus: bool = False) -> int:
-    """`torl train --config F`: up + training + report."""
+def run_train(config: Path, sets_extra: list[str] | None = None, prometheus: bool = False,
+              run_dir_override: Path | None = None) -> int:
+    """`torl train --config F`: up + training + report (in `run_dir_override` instead of train.run_dir)."""
     import shutil
 
     from torl.cli.main import build_settings
 
     cfg = load_train_section(config)
+    if run_dir_override is not None:
+        cfg.run_dir = str(run_dir_override)
     run_dir = Path(cfg.run_dir)
     ports = {name: free_port() for name in SERVICE_ORDER}
     stack = Stack(run_dir, cfg.run_id, free_port(), ports)
