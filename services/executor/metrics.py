@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from torl.common.metrics import LATENCY_BUCKETS
+from torl.common.metrics import LATENCY_BUCKETS, zero_series
 
 REQUESTS = Counter(
     "torl_executor_requests_total",
@@ -56,21 +56,16 @@ def initialize(backend: str | None, callers: Iterable[tuple[str, str]]) -> None:
     """Zero series for what is known at start. `backend` is the sandbox backend (None on a
     gateway, which runs no sandbox); `callers` are (caller, api) pairs that may call."""
     for caller, api in callers:
-        for status in STATUSES:
-            REQUESTS.labels(status, caller, api)
+        zero_series(REQUESTS, status=STATUSES, caller=[caller], api=[api])
     if backend is None:
         return
-    for isolation in ISOLATIONS:
-        RUN_DURATION.labels(isolation)
-    SANDBOX_START.labels(backend)
-    for reason in RECYCLE_REASONS:
-        RECYCLED.labels(reason)
-    for state in POOL_STATES:
-        POOL_SANDBOXES.labels(state)
+    zero_series(RUN_DURATION, isolation=ISOLATIONS)
+    zero_series(SANDBOX_START, backend=[backend])
+    zero_series(RECYCLED, reason=RECYCLE_REASONS)
+    zero_series(POOL_SANDBOXES, state=POOL_STATES)
 
 
 def initialize_caller(name: str) -> None:
     """Zero request and rate-limit series for an API key (at load and on every reload)."""
-    initialize(None, [(name, "rest"), (name, "grpc")])
-    for limit in LIMITS:
-        RATE_LIMITED.labels(name, limit)
+    zero_series(REQUESTS, status=STATUSES, caller=[name], api=("rest", "grpc"))
+    zero_series(RATE_LIMITED, caller=[name], limit=LIMITS)

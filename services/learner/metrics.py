@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from torl.common.metrics import LATENCY_BUCKETS
+from torl.common.metrics import LATENCY_BUCKETS, zero_series
 
 STEP = Gauge("torl_learner_step", "Last finished optimizer step.")
 STEP_SECONDS = Histogram(
@@ -75,22 +75,16 @@ REDIS_OPS = ("ensure_streams", "publish_prompts", "set_version", "get_version", 
 def initialize() -> None:
     from torl.v1 import common_pb2
 
-    for outcome in GROUP_OUTCOMES:
-        GROUPS.labels(outcome=outcome)
-    for name, _ in common_pb2.RewardReason.items():
-        if name != "REWARD_REASON_UNSPECIFIED":
-            REWARDS_BY_REASON.labels(reason=name.removeprefix("REWARD_REASON_").lower())
-    for phase in STEP_PHASES:
-        STEP_SECONDS.labels(phase=phase)
-    for stat in IMPORTANCE_STATS:
-        IMPORTANCE_RATIO.labels(stat=stat)
-    for stream in STREAMS:
-        STREAM_LENGTH.labels(stream=stream)
-    for op in REDIS_OPS:
-        REDIS_ERRORS.labels(op=op)
+    reasons = [name.removeprefix("REWARD_REASON_").lower() for name, value in common_pb2.RewardReason.items() if value]
+    zero_series(GROUPS, outcome=GROUP_OUTCOMES)
+    zero_series(REWARDS_BY_REASON, reason=reasons)
+    zero_series(STEP_SECONDS, phase=STEP_PHASES)
+    zero_series(IMPORTANCE_RATIO, stat=IMPORTANCE_STATS)
+    zero_series(STREAM_LENGTH, stream=STREAMS)
+    zero_series(REDIS_ERRORS, op=REDIS_OPS)
 
 
 def initialize_replicas(targets: Iterable[str]) -> None:
-    for target in targets:
-        WEIGHT_PUSH_FAILURES.labels(replica=target)
-        WEIGHT_REPUSHES.labels(replica=target)
+    found = list(targets)
+    zero_series(WEIGHT_PUSH_FAILURES, replica=found)
+    zero_series(WEIGHT_REPUSHES, replica=found)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-from torl.common.metrics import LATENCY_BUCKETS
+from torl.common.metrics import LATENCY_BUCKETS, zero_series
 
 SCORES = Counter(
     "torl_reward_scores_total",
@@ -47,10 +47,6 @@ SCREENED = ("response", "answer", "reference")
 
 
 def initialize() -> None:
-    for reason in REASONS:
-        for mode in MODES:
-            SCORES.labels(reason=reason, mode=mode)
-    for cause in RESTART_CAUSES:
-        WORKER_RESTARTS.labels(cause=cause)
-    for what in SCREENED:
-        SCREEN_REJECTIONS.labels(what=what)
+    zero_series(SCORES, reason=REASONS, mode=MODES)
+    zero_series(WORKER_RESTARTS, cause=RESTART_CAUSES)
+    zero_series(SCREEN_REJECTIONS, what=SCREENED)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from torl.common.metrics import LATENCY_BUCKETS
+from torl.common.metrics import LATENCY_BUCKETS, zero_series
 
 TOKENS = Counter(
     "torl_rollout_tokens_total", "Response tokens appended, by kind (model: sampled; observation: tool output).",
@@ -72,20 +72,12 @@ REJECTION_REASONS = ("empty", "bad_tokens", "too_long")
 def initialize() -> None:
     from torl.v1 import common_pb2
 
-    for kind in TOKEN_KINDS:
-        TOKENS.labels(kind=kind)
-    for status, _ in common_pb2.ToolStatus.items():
-        if status != "TOOL_STATUS_UNSPECIFIED":
-            TOOL_CALLS.labels(status=status)
-    for phase in WEIGHT_UPDATE_PHASES:
-        WEIGHT_UPDATE_SECONDS.labels(phase=phase)
-    for outcome in WEIGHT_UPDATE_OUTCOMES:
-        WEIGHT_UPDATES.labels(outcome=outcome)
-    for outcome in GROUP_OUTCOMES:
-        GROUPS.labels(outcome=outcome)
-    for source in RESUME_SOURCES:
-        PROMPTS_RESUMED.labels(source=source)
-    for cause in EXCLUSION_CAUSES:
-        TRAJECTORIES_EXCLUDED.labels(cause=cause)
-    for reason in REJECTION_REASONS:
-        PROMPTS_REJECTED.labels(reason=reason)
+    statuses = [name for name, value in common_pb2.ToolStatus.items() if value != 0]
+    zero_series(TOKENS, kind=TOKEN_KINDS)
+    zero_series(TOOL_CALLS, status=statuses)
+    zero_series(WEIGHT_UPDATE_SECONDS, phase=WEIGHT_UPDATE_PHASES)
+    zero_series(WEIGHT_UPDATES, outcome=WEIGHT_UPDATE_OUTCOMES)
+    zero_series(GROUPS, outcome=GROUP_OUTCOMES)
+    zero_series(PROMPTS_RESUMED, source=RESUME_SOURCES)
+    zero_series(TRAJECTORIES_EXCLUDED, cause=EXCLUSION_CAUSES)
+    zero_series(PROMPTS_REJECTED, reason=REJECTION_REASONS)

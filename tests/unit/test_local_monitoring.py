@@ -78,3 +78,14 @@ def test_learner_zero_series_include_replicas_and_reasons() -> None:
     page = _series(metrics.REWARDS_BY_REASON)
     for reason in ("correct", "wrong", "no_answer", "unparsable", "timeout", "scoring_failed"):
         assert f'reason="{reason}"' in page
+
+
+def test_zero_series_makes_every_combination() -> None:
+    from prometheus_client import Counter
+
+    from torl.common.metrics import zero_series
+
+    c = Counter("torl_test_zero_total", "test", ["a", "b"], registry=None)
+    zero_series(c, a=("x", "y"), b=["1", "2", "3"])
+    page = _series(c)
+    assert page.count("torl_test_zero_total{") == 6 and 'a="y",b="3"} 0.0' in page
