@@ -13,14 +13,13 @@ dashboards' queries and the alerts can be tried against a laptop run:
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 
 import yaml
 
 from torl.common.config import ConfigError
+from torl.common.files import write_json_atomic
 
 # The chart's alerting rules, loaded by the local Prometheus (absent in an installed wheel).
 RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "torl" / "rules"
@@ -36,9 +35,7 @@ def write_targets(prom_dir: Path, metrics_ports: dict[str, int]) -> Path:
         for name, port in sorted(metrics_ports.items())
     ]
     path = prom_dir / TARGETS_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(groups, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, groups, indent=1)
     return path
 
 

@@ -28,6 +28,7 @@ from pydantic import Field, ValidationError
 
 from torl.cli.local import Child, Supervisor, free_port
 from torl.common.config import ConfigError, StrictModel, read_config_file
+from torl.common.files import write_json_atomic
 
 SERVICE_ORDER = ("executor", "reward", "rollout", "learner")
 
@@ -178,7 +179,7 @@ def write_endpoints(stack: Stack) -> Path:
         "prometheus": stack.prometheus_url,
     }
     path = stack.run_dir / "endpoints.json"
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(path, data, indent=1)  # scripts poll for it: never let them read half of it
     return path
 
 

@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
+from torl.common.files import fsync_dir, write_json_atomic
+
 
 class CheckpointEngine(Protocol):
     def save_checkpoint(self, directory: Path, tag: str, client_state: dict[str, Any]) -> None: ...
@@ -31,25 +33,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+        fsync_dir(Path(dirpath))
 
 
 class CheckpointManager:
