@@ -6,7 +6,6 @@ isolated, API keys required, probes and resources everywhere, service configs th
 from __future__ import annotations
 
 import importlib
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.tools import CHART, CI_VALUES, helm_template, render, run, tool
+from tests.deploy.tools import CHART, CI_VALUES, helm_template, notes_renderer, render, run, tool
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -300,20 +299,10 @@ def test_dashboards_are_shipped_as_sidecar_configmaps(rendered: dict[str, list[d
 
 
 def test_notes_render(tmp_path: Path) -> None:
-    """NOTES.txt renders for each profile (helm shows it only on a real install: render it through tpl
-    in a copy of the chart)."""
-    chart = tmp_path / "torl"
-    shutil.copytree(CHART, chart)
-    (chart / "notes-src.txt").write_text((CHART / "templates" / "NOTES.txt").read_text())
-    (chart / "templates" / "notes-check.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
-        '    {{- tpl (.Files.Get "notes-src.txt") . | nindent 4 }}\n'
-    )
+    """NOTES.txt renders for each profile."""
+    render_notes = notes_renderer(tmp_path)
     for values in CI_VALUES:
-        res = run([tool("helm"), "template", "t", str(chart), "-f", str(values), "--show-only",
-                   "templates/notes-check.yaml"])
-        assert res.returncode == 0, res.stderr
-        notes = yaml.safe_load(res.stdout)["data"]["notes"]
+        notes = render_notes("-f", str(values))
         assert "kubectl -n default get pods -l app.kubernetes.io/instance=t" in notes
         assert "Secret \"torl-executor-api-keys\"" in notes
         if values.stem == "gpu-values":

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.deploy.test_chart import TORL_COMPONENTS, _settings_class, by_kind, workloads
-from tests.deploy.tools import CHART, CI_VALUES, helm_template, render, run, tool
+from tests.deploy.tools import CHART, CI_VALUES, helm_template, notes_renderer, render, run, tool
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -167,22 +167,11 @@ def test_tls_values_schema(setting: str, message: str) -> None:
 
 
 def test_notes_say_how_services_talk(tmp_path: Any) -> None:
-    """NOTES.txt (rendered through tpl in a copy of the chart, as test_chart.test_notes_render does)."""
-    import shutil
-
-    chart = tmp_path / "torl"
-    shutil.copytree(CHART, chart)
-    (chart / "notes-src.txt").write_text((CHART / "templates" / "NOTES.txt").read_text())
-    (chart / "templates" / "notes-check.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
-        '    {{- tpl (.Files.Get "notes-src.txt") . | nindent 4 }}\n'
-    )
+    """NOTES.txt (rendered as test_chart.test_notes_render does)."""
+    render_notes = notes_renderer(tmp_path)
 
     def notes(*sets: str) -> str:
-        res = run([tool("helm"), "template", "t", str(chart), "-f", str(CPU), *sets,
-                   "--show-only", "templates/notes-check.yaml"])
-        assert res.returncode == 0, res.stderr
-        return str(yaml.safe_load(res.stdout)["data"]["notes"])
+        return render_notes("-f", str(CPU), *sets)
 
     assert "gRPC between services: plaintext inside the namespace" in notes()
     on = notes("--set", "tls.enabled=true", "--set", "tls.secretName=torl-tls", "--set", "tls.mutual=true")

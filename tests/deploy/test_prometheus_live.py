@@ -32,6 +32,7 @@ import yaml
 
 from tests.conftest import REPO, require_binary
 from tests.deploy.tools import alert_rules, dashboard_queries, selectors_in
+from tests.e2e.helpers import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.gvisor, pytest.mark.timeout(1200)]
 
@@ -78,17 +79,10 @@ def prom_series(prom: str, selector: str, start: float, end: float) -> list[dict
     return list(body["data"])
 
 
-def wait_for(what: str, check: Any, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text()[-4000:]
-            raise AssertionError(f"torl train exited ({proc.returncode}) waiting for {what}:\n{tail}")
-        value = check()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
+def running(proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    """Fail with the run's log when `torl train` exited while we waited for `what`."""
+    if proc.poll() is not None:
+        raise AssertionError(f"torl train exited ({proc.returncode}) waiting for {what}:\n{log.read_text()[-4000:]}")
 
 
 def learner_steps(run_dir: Path) -> int:
@@ -113,8 +107,10 @@ def test_dashboards_and_alerts_return_series_from_a_live_run(tmp_path: Path) -> 
         )
     try:
         t0 = time.time()
-        endpoints = wait_for("endpoints.json", lambda: (run_dir / "endpoints.json").is_file()
-                             and json.loads((run_dir / "endpoints.json").read_text()), 900, proc, log)
+        endpoints_file = run_dir / "endpoints.json"  # written atomically once every service serves
+        wait_for(lambda: endpoints_file.is_file() or proc.poll() is not None, 900, "endpoints.json", interval=1.0)
+        running(proc, log, "endpoints.json")
+        endpoints = json.loads(endpoints_file.read_text())
         prom = endpoints["prometheus"]
         assert prom.startswith("http://127.0.0.1:")
         assert set(endpoints["services"]) == {"executor", "reward", "rollout", "learner"}
@@ -127,7 +123,8 @@ def test_dashboards_and_alerts_return_series_from_a_live_run(tmp_path: Path) -> 
         assert http_json(f"{rest}/v1/runs", {"code": "print(1)"}, {"Authorization": "Bearer wrong-key-0123456789"})[0] \
             == 401
 
-        wait_for("4 learner steps", lambda: learner_steps(run_dir) >= 4, 600, proc, log)
+        wait_for(lambda: learner_steps(run_dir) >= 4 or proc.poll() is not None, 600, "4 learner steps", interval=1.0)
+        running(proc, log, "4 learner steps")
         # Enough scrapes after the last event for every rate() window to hold two samples.
         time.sleep(15)
 

@@ -11,6 +11,8 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -47,6 +49,25 @@ def run(cmd: list[str], timeout: float = 120.0) -> subprocess.CompletedProcess[s
 
 def helm_template(*args: str, release: str = "t", namespace: str = "torl") -> subprocess.CompletedProcess[str]:
     return run([tool("helm"), "template", release, str(CHART), "--namespace", namespace, *args])
+
+
+def notes_renderer(tmp: Path) -> Callable[..., str]:
+    """NOTES.txt as `helm install` would print it, for `helm template` arguments. Helm shows NOTES only
+    on a real install, so a copy of the chart renders it through `tpl` into a ConfigMap."""
+    chart = tmp / "torl"
+    shutil.copytree(CHART, chart)
+    (chart / "notes-src.txt").write_text((CHART / "templates" / "NOTES.txt").read_text())
+    (chart / "templates" / "notes-check.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
+        '    {{- tpl (.Files.Get "notes-src.txt") . | nindent 4 }}\n'
+    )
+
+    def notes(*args: str) -> str:
+        res = run([tool("helm"), "template", "t", str(chart), *args, "--show-only", "templates/notes-check.yaml"])
+        assert res.returncode == 0, res.stderr
+        return str(yaml.safe_load(res.stdout)["data"]["notes"])
+
+    return notes
 
 
 def render(*args: str) -> list[dict[str, Any]]:
