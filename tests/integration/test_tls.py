@@ -18,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import REPO, ServiceProcess, free_port, require_binary, torl_cmd
-from tests.tls_certs import Pki, make_pki
+from tests.tls_certs import Pki, client_creds, make_pki, tls_args
 from torl.common.config import GrpcServerSettings, TlsClientSettings, TlsSettings
 from torl.common.grpc_server import ServiceBinding, start_server
 from torl.v1 import common_pb2, reward_pb2, reward_pb2_grpc, rollout_pb2, rollout_pb2_grpc, trajectory_pb2
@@ -37,22 +37,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A second CA the servers do not trust."""
     return make_pki(tmp_path_factory.mktemp("other-pki"), ca_cn="some other CA")
-
-
-def client_creds(pki: Pki, with_cert: bool = False, ca: Path | None = None) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(
-        root_certificates=(ca or pki.ca).read_bytes(),
-        private_key=pki.client_key.read_bytes() if with_cert else None,
-        certificate_chain=pki.client_cert.read_bytes() if with_cert else None,
-    )
-
-
-def tls_args(pki: Pki, mutual: bool = False) -> list[str]:
-    args = ["--set", "grpc.tls.enabled=true",
-            "--set", f"grpc.tls.cert_file={pki.server_cert}", "--set", f"grpc.tls.key_file={pki.server_key}"]
-    if mutual:
-        args += ["--set", f"grpc.tls.ca_file={pki.ca}"]
-    return args
 
 
 def health_code(channel: grpc.Channel) -> grpc.StatusCode | int:
