@@ -114,12 +114,17 @@ def service_sets(stack: Stack, model_dir: str, train: bool) -> dict[str, list[st
     return sets
 
 
-def validate_all(config: Path | None, sets: dict[str, list[str]]) -> None:
-    """Every service's effective config, validated before anything starts (ConfigError on a typo)."""
+def validate_all(config: Path | None, sets: dict[str, list[str]], prometheus: bool = False) -> None:
+    """Every service's effective config (and, with `prometheus`, the prometheus binary) checked before
+    anything starts: a ConfigError on a typo, not minutes later."""
     from torl.cli.main import build_settings
 
     for name in SERVICE_ORDER:
         build_settings(name, config, sets[name])
+    if prometheus:
+        from torl.cli.monitoring import prometheus_binary
+
+        prometheus_binary()
 
 
 def start_prometheus(sup: Supervisor, stack: Stack) -> str:
@@ -196,7 +201,7 @@ def run_up(run_dir: Path, check: bool, timeout: float = 300.0, config: Path | No
     ports = {name: free_port() for name in SERVICE_ORDER}
     stack = Stack(run_dir, "up", free_port(), ports)
     sets = service_sets(stack, "", train=False)
-    validate_all(config, sets)
+    validate_all(config, sets, prometheus)
     _install_sigterm()
     with Supervisor(run_dir / "logs") as sup:
         try:
@@ -284,7 +289,7 @@ def run_train(config: Path, sets_extra: list[str] | None = None, prometheus: boo
     # Validate first with a placeholder model dir; the real one is built below.
     sets = service_sets(stack, "", train=False)
     sets["learner"] += list(sets_extra or [])
-    validate_all(config, sets)
+    validate_all(config, sets, prometheus)
     if cfg.fresh:
         for sub in ("learner", "redis", "logs", "executor-state", "prometheus"):
             shutil.rmtree(run_dir / sub, ignore_errors=True)

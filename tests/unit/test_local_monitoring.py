@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.conftest import require_binary
@@ -89,3 +90,15 @@ def test_zero_series_makes_every_combination() -> None:
     zero_series(c, a=("x", "y"), b=["1", "2", "3"])
     page = _series(c)
     assert page.count("torl_test_zero_total{") == 6 and 'a="y",b="3"} 0.0' in page
+
+
+def test_prometheus_flag_without_the_binary_fails_before_anything_starts(monkeypatch: Any) -> None:
+    from torl.cli.up import Stack, service_sets, validate_all
+    from torl.common.config import ConfigError
+
+    stack = Stack(Path("runs/never"), "x", 1, dict.fromkeys(("executor", "reward", "rollout", "learner"), 2))
+    sets = service_sets(stack, "", train=False)
+    validate_all(None, sets)  # the configs are fine
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ConfigError, match="no `prometheus` binary"):
+        validate_all(None, sets, prometheus=True)
