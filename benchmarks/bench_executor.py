@@ -100,8 +100,8 @@ def descendants(pid: int) -> list[int]:
 
 def cold_runsc(n: int) -> list[float]:
     from torl.executor.config import SandboxSettings
-    from torl.executor.gvisor import GVisorBackend, oci_spec
     from torl.executor.sandbox import build_layout
+    from torl.executor.sandbox.gvisor import GVisorBackend, oci_spec
 
     with tempfile.TemporaryDirectory() as d:
         s = SandboxSettings(state_dir=d)
@@ -184,7 +184,7 @@ def compare_agents(old_agent: str, backends: list[str], n: int, concurrent: int)
     current agent, requests interleaved (old, new, old, new, ...) so both see the same load."""
     import asyncio
 
-    import torl.executor.sandbox as sandbox_module
+    import torl.executor.sandbox.base as sandbox_module
     from torl.executor.config import ExecutorSettings
     from torl.executor.core import Caller, Executor, RunRequest, make_executor
 

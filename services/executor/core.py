@@ -8,12 +8,10 @@ request id, and the observation text computed by ToRL's rules.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from torl.common.errors import InvalidArgument
 from torl.common.logging import get_logger
@@ -21,7 +19,7 @@ from torl.executor import metrics
 from torl.executor.config import ExecutorSettings, Isolation
 from torl.executor.observation import Captured, observation, observation_of
 from torl.executor.pool import Pool, QueueFull, QueueTimeout
-from torl.executor.sandbox import Backend, Job, SandboxError, build_layout
+from torl.executor.sandbox import Job, SandboxError, make_backend
 
 log = get_logger("torl.executor.core")
 
@@ -66,6 +64,30 @@ class Caller:
     allow_session: bool = True
 
 
+def check_language(language: str) -> None:
+    """The one language check (every adapter and the core call it)."""
+    if (language or "python").lower() not in SUPPORTED_LANGUAGES:
+        raise InvalidArgument(
+            f"language {language!r} is not supported; supported: {', '.join(SUPPORTED_LANGUAGES)}"
+        )
+
+
+def resolve_isolation(requested: Isolation | None, caller: Caller) -> Isolation:
+    """The one isolation rule: the caller's default when none is asked; session only for callers allowed it."""
+    isolation: Isolation = requested or caller.default_isolation
+    if isolation == "session" and not caller.allow_session:
+        raise InvalidArgument(f"caller {caller.name!r} may not use session isolation")
+    return isolation
+
+
+class RunService(Protocol):
+    """What executes runs: the local core (Executor) or remote runners (grpc_api.RemoteRunners)."""
+
+    async def run(self, req: RunRequest, caller: Caller, api: str = "grpc") -> RunOutcome: ...
+
+    def rejected(self, req: RunRequest, message: str, caller: Caller, api: str) -> RunOutcome: ...
+
+
 def _check_path(path: str) -> None:
     if not path or path.startswith("/") or "\x00" in path:
         raise InvalidArgument(f"file path {path!r} must be relative and non-empty")
@@ -101,11 +123,7 @@ class Executor:
     def validate(self, req: RunRequest, caller: Caller) -> tuple[float, int, Isolation]:
         """Check a request against the limits; InvalidArgument names what is wrong."""
         lim = self.settings.limits
-        lang = (req.language or "python").lower()
-        if lang not in SUPPORTED_LANGUAGES:
-            raise InvalidArgument(
-                f"language {req.language!r} is not supported; supported: {', '.join(SUPPORTED_LANGUAGES)}"
-            )
+        check_language(req.language)
         code_bytes = len(req.code.encode("utf-8", errors="surrogatepass"))
         if code_bytes > lim.max_code_bytes:
             raise InvalidArgument(f"code is {code_bytes} bytes; the limit is {lim.max_code_bytes}")
@@ -124,9 +142,7 @@ class Executor:
         memory = req.memory_mb or lim.default_memory_mb
         if not 64 <= memory <= lim.max_memory_mb:
             raise InvalidArgument(f"memory_limit_mb={memory} is outside [64, {lim.max_memory_mb}]")
-        isolation: Isolation = req.isolation or caller.default_isolation
-        if isolation == "session" and not caller.allow_session:
-            raise InvalidArgument(f"caller {caller.name!r} may not use session isolation")
+        isolation = resolve_isolation(req.isolation, caller)
         if len(req.session_id) > 256:
             raise InvalidArgument("session_id is longer than 256 characters")
         return timeout, memory, isolation
@@ -202,58 +218,6 @@ class Executor:
         return outcome
 
 
-def make_backend(settings: ExecutorSettings) -> Backend:
-    """The configured backend. `auto`: gVisor when runsc works, else bubblewrap when it works (loudly),
-    else the process backend only when this service itself runs inside gVisor; never unsandboxed."""
-    from torl.executor.bwrap import BwrapBackend
-    from torl.executor.gvisor import GVisorBackend
-    from torl.executor.process import ProcessBackend, gvisor_markers, process_layout
-
-    sb = settings.sandbox
-    backend: Backend
-    if sb.backend == "process":
-        backend = ProcessBackend(sb, process_layout(sb))
-        backend.check()
-        return backend
-    layout = build_layout(sb)
-    if sb.backend == "gvisor":
-        backend = GVisorBackend(sb, layout)
-        backend.check()
-        return backend
-    if sb.backend == "bwrap":
-        backend = BwrapBackend(sb, layout)
-        backend.check()
-        return backend
-    reasons: list[str] = []
-    if shutil.which(sb.runsc_path) is None or os.geteuid() != 0:
-        reasons.append("gvisor: needs runsc on PATH and root")
-    else:
-        try:
-            backend = GVisorBackend(sb, layout)
-            backend.check()
-            return backend
-        except SandboxError as e:
-            log.warning("gvisor_unavailable", reason=str(e))
-            reasons.append(f"gvisor: {e}")
-    try:
-        backend = BwrapBackend(sb, layout)
-        backend.check()
-        return backend
-    except SandboxError as e:
-        log.warning("bwrap_unavailable", reason=str(e))
-        reasons.append(f"bwrap: {e}")
-    markers = gvisor_markers()
-    if not markers:
-        raise SandboxError(
-            "no sandbox backend works here (" + "; ".join(reasons) + "), and this service does not run inside "
-            "gVisor, so backend=auto will not run untrusted code as plain processes"
-        )
-    log.info("auto_backend_process", reason="this service runs inside gVisor", markers=markers)
-    backend = ProcessBackend(sb, process_layout(sb))
-    backend.check()
-    return backend
-
-
 def make_executor(settings: ExecutorSettings) -> Executor:
-    backend = make_backend(settings)
+    backend = make_backend(settings.sandbox)
     return Executor(settings, Pool(backend, backend.layout, settings.sandbox, settings.pool))

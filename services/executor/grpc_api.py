@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-from typing import Protocol
 
 import grpc
 
@@ -20,7 +19,7 @@ from torl.common.errors import DeadlineExceeded, InvalidArgument, TorlError
 from torl.common.grpc_client import aio_channel
 from torl.executor.auth import Admission, KeyStore, admit
 from torl.executor.config import Isolation
-from torl.executor.core import Caller, RunOutcome, RunRequest
+from torl.executor.core import Caller, RunOutcome, RunRequest, RunService, resolve_isolation
 from torl.v1 import common_pb2, executor_pb2, executor_pb2_grpc
 
 CALLER_METADATA = "x-torl-caller"  # set by a gateway for its runners (in-cluster only)
@@ -43,14 +42,6 @@ ISOLATION_TO_PROTO = {
     "strict": executor_pb2.ISOLATION_STRICT,
     "session": executor_pb2.ISOLATION_SESSION,
 }
-
-
-class RunService(Protocol):
-    """What executes runs: the local core (core.Executor) or remote runners (RemoteRunners)."""
-
-    async def run(self, req: RunRequest, caller: Caller, api: str = "grpc") -> RunOutcome: ...
-
-    def rejected(self, req: RunRequest, message: str, caller: Caller, api: str) -> RunOutcome: ...
 
 
 def request_from_proto(msg: executor_pb2.ExecuteRequest) -> RunRequest:
@@ -207,16 +198,13 @@ class RemoteRunners:
         self._rr = itertools.count()
 
     def _pick(self, req: RunRequest, caller: Caller) -> int:
-        if req.isolation == "session" or (req.isolation is None and caller.default_isolation == "session"):
+        if req.isolation == "session":
             h = hashlib.sha256(f"{caller.name}:{req.session_id}".encode()).digest()
             return int.from_bytes(h[:4], "big") % len(self.stubs)
         return next(self._rr) % len(self.stubs)
 
     async def run(self, req: RunRequest, caller: Caller, api: str = "grpc") -> RunOutcome:
-        if req.isolation is None:
-            req.isolation = caller.default_isolation
-        if req.isolation == "session" and not caller.allow_session:
-            raise InvalidArgument(f"caller {caller.name!r} may not use session isolation")
+        req.isolation = resolve_isolation(req.isolation, caller)
         i = self._pick(req, caller)
         timeout = (req.timeout_seconds or 60.0) + 120.0
         try:

@@ -26,8 +26,7 @@ from torl.common.errors import InvalidArgument, ResourceExhausted, TorlError
 from torl.common.logging import get_logger
 from torl.executor.auth import Admission, KeyStore, admit
 from torl.executor.config import ExecutorSettings
-from torl.executor.core import SUPPORTED_LANGUAGES, RunOutcome, RunRequest
-from torl.executor.grpc_api import RunService
+from torl.executor.core import RunOutcome, RunRequest, RunService, check_language
 
 log = get_logger("torl.executor.rest")
 
@@ -290,10 +289,7 @@ def create_app(
 
     @app.post("/run_code", response_model=SFRunCodeResponse, responses=error_responses, summary="SandboxFusion API")
     async def run_code(body: SFRunCodeBody, request: Request) -> Response:
-        if body.language.lower() not in SUPPORTED_LANGUAGES:
-            raise InvalidArgument(
-                f"language {body.language!r} is not supported; supported: {', '.join(SUPPORTED_LANGUAGES)}"
-            )
+        check_language(body.language)
         files = []
         for path, content in body.files.items():
             try:

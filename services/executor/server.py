@@ -18,7 +18,8 @@ from torl.common.metrics import start_metrics_server
 from torl.executor import metrics
 from torl.executor.auth import KeyStore
 from torl.executor.config import LOOPBACK_HOSTS, ExecutorSettings
-from torl.executor.grpc_api import ExecutorServicer, RemoteRunners, RunService
+from torl.executor.core import RunService
+from torl.executor.grpc_api import ExecutorServicer, RemoteRunners
 from torl.v1 import executor_pb2_grpc
 
 log = get_logger("torl.executor")

@@ -23,9 +23,9 @@ import pytest
 from tests.conftest import REPO, require, require_binary
 from tests.integration.executor_helpers import Executor, as_unprivileged, assert_still_serves, execute, run_executor
 from torl.executor.config import SandboxSettings
-from torl.executor.gvisor import make_rootfs, oci_spec
-from torl.executor.process import gvisor_markers
 from torl.executor.sandbox import Layout
+from torl.executor.sandbox.gvisor import make_rootfs, oci_spec
+from torl.executor.sandbox.process import gvisor_markers
 from torl.v1 import common_pb2, executor_pb2
 
 pytestmark = pytest.mark.timeout(180)

@@ -9,9 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from torl.executor.config import ExecutorSettings
-from torl.executor.core import make_backend
-from torl.executor.process import GVISOR_PROC_VERSION, gvisor_markers
-from torl.executor.sandbox import SandboxError
+from torl.executor.sandbox import SandboxError, make_backend
+from torl.executor.sandbox.process import GVISOR_PROC_VERSION, gvisor_markers
 
 INSIDE_GVISOR = bool(gvisor_markers())
 
@@ -61,7 +60,7 @@ def test_gvisor_markers(tmp_path: Path) -> None:
 def test_explicit_process_backend_refused_outside_gvisor(tmp_path: Path) -> None:
     settings = ExecutorSettings(sandbox={"backend": "process", "state_dir": str(tmp_path)})
     with pytest.raises(SandboxError, match=r"refusing the process backend outside gVisor.*allow_unsandboxed_process"):
-        make_backend(settings)
+        make_backend(settings.sandbox)
 
 
 @pytest.mark.skipif(INSIDE_GVISOR, reason="these tests run on a real kernel; inside gVisor auto may pick process")
@@ -76,7 +75,7 @@ def test_auto_never_falls_back_to_unsandboxed_processes(tmp_path: Path) -> None:
         }
     )
     with pytest.raises(SandboxError) as info:
-        make_backend(settings)
+        make_backend(settings.sandbox)
     message = str(info.value)
     assert "gvisor:" in message and "bwrap:" in message
     assert "will not run untrusted code as plain processes" in message

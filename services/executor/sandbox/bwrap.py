@@ -25,11 +25,11 @@ import threading
 from pathlib import Path
 
 from torl.common.logging import get_logger
-from torl.executor.bwrap_launch import staged_path
 from torl.executor.config import SandboxSettings
-from torl.executor.sandbox import Backend, Layout, SandboxError
+from torl.executor.sandbox.base import Backend, Layout, SandboxError
+from torl.executor.sandbox.bwrap_launch import staged_path
 
-log = get_logger("torl.executor.bwrap")
+log = get_logger("torl.executor.sandbox.bwrap")
 
 WEAK_WARNING = (
     "bubblewrap backend: isolation is WEAKER than gVisor (untrusted code talks to the host kernel); "

@@ -43,11 +43,11 @@ import time
 from pathlib import Path
 
 from torl.common.logging import get_logger
-from torl.executor.agent import descendants
 from torl.executor.config import SandboxSettings
-from torl.executor.sandbox import AGENT_FILE, Backend, Layout, Sandbox, SandboxError, build_layout, is_leftover
+from torl.executor.sandbox.agent import descendants
+from torl.executor.sandbox.base import AGENT_FILE, Backend, Layout, Sandbox, SandboxError, build_layout, is_leftover
 
-log = get_logger("torl.executor.process")
+log = get_logger("torl.executor.sandbox.process")
 
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36

@@ -19,9 +19,9 @@ from typing import Any
 
 from torl.common.logging import get_logger
 from torl.executor.config import SandboxSettings
-from torl.executor.sandbox import Backend, Layout, SandboxError, is_leftover
+from torl.executor.sandbox.base import Backend, Layout, SandboxError, is_leftover
 
-log = get_logger("torl.executor.gvisor")
+log = get_logger("torl.executor.sandbox.gvisor")
 
 # The agent runs as root inside the sandbox only to drop each run to uid 65534 and to kill and
 # clean up after it; run processes end up with no capabilities at all.

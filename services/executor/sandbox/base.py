@@ -2,7 +2,7 @@
 
 A sandbox is one long-lived isolated environment (a gVisor container, a bubblewrap jail, or, with
 the process backend, a plain child process inside a pod that gVisor already isolates) whose
-first process is the agent (services/executor/agent.py): a resident interpreter with the math
+first process is the agent (agent.py in this package): a resident interpreter with the math
 modules imported that forks a fresh process (or reuses a session worker) per run. The host talks
 to it over the sandbox's stdin/stdout with length-prefixed JSON frames.
 
@@ -30,7 +30,7 @@ from torl.common.logging import get_logger
 from torl.executor.config import SandboxSettings
 from torl.executor.observation import TAIL_BYTES
 
-log = get_logger("torl.executor.sandbox")
+log = get_logger("torl.executor.sandbox.base")
 
 AGENT_FILE = Path(__file__).with_name("agent.py")
 AGENT_PATH_IN_SANDBOX = "/opt/torl/agent.py"
