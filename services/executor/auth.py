@@ -183,10 +183,19 @@ class Admission:
             store.release(self.key, self.cost)
 
 
-def admit(store: KeyStore | None, authorization: str | None, default_isolation: Isolation, cost: int = 1) -> Admission:
-    """Authenticate and charge limits (no store: anonymous loopback caller, no limits)."""
-    if store is None:
+def authenticate(store: KeyStore | None, authorization: str | None) -> ApiKey | None:
+    """The caller's key (None: no key store, the anonymous loopback caller); Unauthenticated otherwise."""
+    return store.authenticate(authorization) if store is not None else None
+
+
+def charge(store: KeyStore | None, key: ApiKey | None, default_isolation: Isolation, cost: int = 1) -> Admission:
+    """Charge an authenticated caller's rate and concurrency limits (no key: no limits)."""
+    if store is None or key is None:
         return Admission(Caller("anonymous", default_isolation, allow_session=True), None, 0)
-    key = store.authenticate(authorization)
     store.admit(key, cost)
     return Admission(Caller(key.name, key.isolation, key.allow_session), key, cost)
+
+
+def admit(store: KeyStore | None, authorization: str | None, default_isolation: Isolation, cost: int = 1) -> Admission:
+    """Authenticate, then charge limits (no store: anonymous loopback caller, no limits)."""
+    return charge(store, authenticate(store, authorization), default_isolation, cost)
