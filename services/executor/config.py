@@ -12,6 +12,8 @@ from torl.common.config import GrpcServerSettings, ServiceSettings, StrictModel,
 
 Isolation = Literal["strict", "session"]
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+MAX_FILES_BOUND = 10_000  # the largest limits.max_files may be (also bounds the REST body's lists)
+MAX_BATCH_BOUND = 100_000  # the largest limits.max_batch may be
 
 
 def _default_pool_size() -> int:
@@ -112,9 +114,6 @@ class PoolSettings(StrictModel):
     recycle_after_runs: int = Field(
         5000, ge=1, le=10_000_000, description="A sandbox is replaced after this many runs (and after any fault)."
     )
-    worker_recycle_after_runs: int = Field(
-        200, ge=1, le=1_000_000, description="A session worker is replaced after this many runs."
-    )
     max_queue: int = Field(10_000, ge=1, le=1_000_000, description="Runs waiting for a slot; more are rejected.")
     queue_timeout_seconds: float = Field(
         120.0, ge=0.1, le=3600.0, description="Longest a run waits for a slot before it is rejected."
@@ -136,11 +135,11 @@ class LimitsSettings(StrictModel):
     )
     max_code_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest program.")
     max_stdin_bytes: int = Field(1024 * 1024, ge=0, le=64 * 1024 * 1024, description="Largest stdin.")
-    max_files: int = Field(32, ge=0, le=10_000, description="Most input files per run.")
+    max_files: int = Field(32, ge=0, le=MAX_FILES_BOUND, description="Most input files per run.")
     max_files_bytes: int = Field(
         4 * 1024 * 1024, ge=0, le=256 * 1024 * 1024, description="Largest total size of input files."
     )
-    max_batch: int = Field(4096, ge=1, le=100_000, description="Most runs in one batch request.")
+    max_batch: int = Field(4096, ge=1, le=MAX_BATCH_BOUND, description="Most runs in one batch request.")
 
 
 class ExecutorSettings(ServiceSettings):
@@ -166,8 +165,25 @@ class ExecutorSettings(ServiceSettings):
     runners_tls: TlsClientSettings = Field(
         default_factory=lambda: TlsClientSettings(), description="TLS / mTLS of the gateway's calls to `runners`."
     )
+    runner_token_file: str | None = Field(
+        None,
+        description="role=gateway: file holding the token this gateway presents to its runners (metadata "
+        "x-torl-runner-token); required with role=gateway. Mount it only in the gateway, never on a runner.",
+    )
+    runner_token_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="role=runner: hex SHA-256 of the gateway's runner token; required with role=runner. A runner "
+        "accepts only calls that present that token, and holds only its digest, so code running on the runner "
+        "(same pod, same network namespace) can neither read the token nor impersonate the gateway.",
+    )
     grpc_api_keys_required: bool = Field(
         False, description="Require an API key (metadata `authorization: Bearer K`) on gRPC too."
+    )
+    grpc_allow_anonymous: bool = Field(
+        False,
+        description="Serve anonymous gRPC callers on a non-loopback grpc.host (keys not required). Without it, "
+        "such a bind needs grpc_api_keys_required=true; set it only where a NetworkPolicy fences the port.",
     )
     grpc_default_isolation: Isolation = Field("strict", description="Isolation of gRPC runs that set none.")
     rest: RestSettings = Field(default_factory=lambda: RestSettings(), description="REST gateway.")
@@ -189,6 +205,11 @@ class ExecutorSettings(ServiceSettings):
             )
         if self.role == "gateway" and not self.runners:
             raise ValueError("role=gateway needs at least one entry in runners")
+        if self.grpc_api_keys_required and self.rest.api_keys_file is None:
+            raise ValueError(
+                "grpc_api_keys_required=true needs rest.api_keys_file (the keys gRPC callers are checked "
+                "against): without it every gRPC call would be anonymous"
+            )
         if self.limits.default_timeout_seconds > self.limits.max_timeout_seconds:
             raise ValueError("limits.default_timeout_seconds exceeds limits.max_timeout_seconds")
         if self.limits.default_memory_mb > self.limits.max_memory_mb:

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import itertools
 
 import grpc
 
 from torl.common.config import TlsClientSettings
-from torl.common.errors import DeadlineExceeded, InvalidArgument, TorlError
+from torl.common.errors import DeadlineExceeded, InvalidArgument, TorlError, Unauthenticated
 from torl.common.grpc_client import aio_channel
 from torl.executor.auth import Admission, KeyStore, admit
 from torl.executor.config import Isolation
 from torl.executor.core import Caller, RunOutcome, RunRequest, RunService, resolve_isolation
 from torl.v1 import common_pb2, executor_pb2, executor_pb2_grpc
 
-CALLER_METADATA = "x-torl-caller"  # set by a gateway for its runners (in-cluster only)
+CALLER_METADATA = "x-torl-caller"  # the caller a gateway forwards for (trusted only with a valid runner token)
+RUNNER_TOKEN_METADATA = "x-torl-runner-token"  # proves a call to a runner comes from the gateway
 
 STATUS_TO_PROTO = {
     "ok": common_pb2.TOOL_STATUS_OK,
@@ -119,21 +121,30 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         require_keys: bool,
         default_isolation: Isolation,
         max_batch: int,
-        trust_caller_metadata: bool = False,
+        gateway_token_sha256: str | None = None,
     ) -> None:
         self.service = service
         self.keys = keys
         self.require_keys = require_keys
         self.default_isolation = default_isolation
         self.max_batch = max_batch
-        self.trust_caller_metadata = trust_caller_metadata
+        # A runner: every call must present the gateway's token; the caller it names is then trusted.
+        self.gateway_digest = bytes.fromhex(gateway_token_sha256) if gateway_token_sha256 is not None else None
 
     def _admit(self, context: grpc.aio.ServicerContext, cost: int) -> Admission:
         md = _metadata(context)
+        if self.gateway_digest is not None:
+            token = md.get(RUNNER_TOKEN_METADATA, "")
+            digest = hashlib.sha256(token.encode()).digest()
+            if not token or not hmac.compare_digest(digest, self.gateway_digest):
+                raise Unauthenticated("this runner serves only its gateway (missing or wrong runner token)")
+            name = md.get(CALLER_METADATA, "")
+            if not name:
+                raise InvalidArgument(f"a call from the gateway must name its caller ({CALLER_METADATA})")
+            return Admission(Caller(name, self.default_isolation, allow_session=True), None, 0)
         if self.require_keys or (self.keys is not None and "authorization" in md):
             return admit(self.keys, md.get("authorization"), self.default_isolation, cost)
-        name = md.get(CALLER_METADATA, "") if self.trust_caller_metadata else ""
-        return Admission(Caller(name or "grpc", self.default_isolation, allow_session=True), None, 0)
+        return Admission(Caller("grpc", self.default_isolation, allow_session=True), None, 0)
 
     async def _with_deadline(self, coro: asyncio.Future[RunOutcome], context: grpc.aio.ServicerContext) -> RunOutcome:
         remaining = context.time_remaining()
@@ -191,8 +202,11 @@ class RemoteRunners:
     session keeps its worker; strict runs are spread round-robin.
     """
 
-    def __init__(self, targets: list[str], max_message_mb: int = 64, tls: TlsClientSettings | None = None) -> None:
+    def __init__(
+        self, targets: list[str], token: str, max_message_mb: int = 64, tls: TlsClientSettings | None = None
+    ) -> None:
         self.targets = targets
+        self.token = token
         self.channels = [aio_channel(t, max_message_mb, tls=tls) for t in targets]
         self.stubs = [executor_pb2_grpc.ExecutorStub(ch) for ch in self.channels]
         self._rr = itertools.count()
@@ -208,9 +222,8 @@ class RemoteRunners:
         i = self._pick(req, caller)
         timeout = (req.timeout_seconds or 60.0) + 120.0
         try:
-            resp = await self.stubs[i].Execute(
-                request_to_proto(req), timeout=timeout, metadata=((CALLER_METADATA, caller.name),)
-            )
+            metadata = ((CALLER_METADATA, caller.name), (RUNNER_TOKEN_METADATA, self.token))
+            resp = await self.stubs[i].Execute(request_to_proto(req), timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(e.details() or "invalid request") from None

@@ -114,9 +114,7 @@ class Pool:
         slot.starting = True
         self._update_gauges()
         name = f"{self.sandbox_settings.name_prefix}-{os.getpid()}-{self._instance}-{next(self._names)}"
-        args = self.layout.agent_args(
-            self.sandbox_settings.preload, self.settings.slots_per_sandbox, self.settings.worker_recycle_after_runs
-        )
+        args = self.layout.agent_args(self.sandbox_settings.preload, self.settings.slots_per_sandbox)
         sandbox = Sandbox(self.backend, name, self.backend.launch_command(name, args))
         delay = 0.5
         while not self.closed:
@@ -307,6 +305,9 @@ class Pool:
         except SandboxError as e:
             fault = str(e)
         finally:
+            # Reached on a cancel too, but only once the run has stopped (Sandbox.run waits for that).
+            if fault is None and sandbox is not None and sandbox.faulted:
+                fault = sandbox.faulted
             with contextlib.suppress(Exception):
                 self._release(slot, fault)
         if result is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any
 
 from torl.common.grpc_server import ServiceBinding, start_server, stop_event_on_signals
@@ -25,8 +26,42 @@ from torl.v1 import executor_pb2_grpc
 log = get_logger("torl.executor")
 
 
+def refuse_open_doors(settings: ExecutorSettings) -> None:
+    """Fail closed at start: a runner without the gateway's token digest, a gateway without the token,
+    anonymous gRPC on a non-loopback address unless explicitly allowed (checked here, not in the
+    config model, because the chart passes the token settings as environment of the pod)."""
+    if settings.role == "runner" and settings.runner_token_sha256 is None:
+        raise SystemExit(
+            "executor: role=runner needs runner_token_sha256 (the SHA-256 of the gateway's runner token): a "
+            "runner serves only calls that prove they come from its gateway"
+        )
+    if settings.role == "gateway" and settings.runner_token_file is None:
+        raise SystemExit("executor: role=gateway needs runner_token_file: runners accept only calls presenting it")
+    anonymous = not settings.grpc_api_keys_required and settings.role != "runner"
+    if anonymous and settings.grpc.host not in LOOPBACK_HOSTS and not settings.grpc_allow_anonymous:
+        raise SystemExit(
+            f"executor: grpc.host={settings.grpc.host!r} would serve anonymous callers: set "
+            "grpc_api_keys_required=true (with rest.api_keys_file), or grpc_allow_anonymous=true where a "
+            "NetworkPolicy fences the port"
+        )
+
+
+def read_runner_token(settings: ExecutorSettings) -> str:
+    """The token a gateway presents to its runners (its file must hold one of at least 32 characters)."""
+    if settings.runner_token_file is None:
+        raise SystemExit("executor: role=gateway needs runner_token_file")
+    try:
+        token = Path(settings.runner_token_file).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise SystemExit(f"executor: runner_token_file {settings.runner_token_file}: {e.strerror}") from None
+    if len(token) < 32:
+        raise SystemExit(f"executor: runner_token_file {settings.runner_token_file} must hold at least 32 characters")
+    return token
+
+
 async def serve(settings: ExecutorSettings) -> None:
     configure_logging(settings.log_level, settings.log_json, service="executor")
+    refuse_open_doors(settings)
     stop = stop_event_on_signals()  # before the slow start-up: a SIGTERM then still shuts down cleanly
     keys = KeyStore(settings.rest.api_keys_file) if settings.rest.api_keys_file else None
     if keys is None and settings.rest.enabled and settings.role != "runner":
@@ -41,7 +76,9 @@ async def serve(settings: ExecutorSettings) -> None:
     service: RunService
     health_facts: dict[str, Any]
     if settings.role == "gateway":
-        remote = RemoteRunners(settings.runners, settings.grpc.max_message_mb, settings.runners_tls)
+        remote = RemoteRunners(
+            settings.runners, read_runner_token(settings), settings.grpc.max_message_mb, settings.runners_tls
+        )
         service = remote
         health_facts = {
             "backend": "remote",
@@ -85,7 +122,7 @@ async def serve(settings: ExecutorSettings) -> None:
         settings.grpc_api_keys_required,
         settings.grpc_default_isolation,
         settings.limits.max_batch,
-        trust_caller_metadata=settings.role == "runner",
+        gateway_token_sha256=settings.runner_token_sha256 if settings.role == "runner" else None,
     )
     binding = ServiceBinding(
         name="torl.v1.Executor", servicer=servicer, add=executor_pb2_grpc.add_ExecutorServicer_to_server

@@ -6,6 +6,7 @@ REST, and that a dead runner shows up as a typed sandbox_error naming it."""
 
 from __future__ import annotations
 
+import hashlib
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ OK = common_pb2.TOOL_STATUS_OK
 SESSION = executor_pb2.ISOLATION_SESSION
 STRICT = executor_pb2.ISOLATION_STRICT
 KEY = "gateway-key-0123456789abcdef"
+RUNNER_TOKEN = "runner-token-0123456789abcdef0123456789"
 
 
 @dataclass
@@ -57,7 +59,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         (tmp / d).mkdir()
     keys = tmp / "keys.yaml"
     keys.write_text(f'keys:\n  - name: team-g\n    key: "{KEY}"\n    allow_session: true\n')
-    runner_args = ("role=runner", "sandbox.backend=bwrap", "pool.size=1", "pool.slots_per_sandbox=2")
+    token_file = tmp / "runner-token"
+    token_file.write_text(RUNNER_TOKEN)
+    runner_args = (
+        "role=runner", "sandbox.backend=bwrap", "pool.size=1", "pool.slots_per_sandbox=2",
+        f"runner_token_sha256={hashlib.sha256(RUNNER_TOKEN.encode()).hexdigest()}",
+    )
     m1, m2 = free_port(), free_port()
     with (
         run_executor(tmp / "r1", *runner_args, metrics_port=m1) as r1,
@@ -65,6 +72,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         run_executor(
             tmp / "gw",
             "role=gateway",
+            f"runner_token_file={token_file}",
             f"runners=[\"{r1.grpc_target}\",\"{r2.grpc_target}\"]",
             f"rest.api_keys_file={keys}",
         ) as gw,
@@ -77,14 +85,18 @@ def test_runner_alone_serves_grpc_only(cluster: Cluster) -> None:
     runner = cluster.runners[0].ex
     assert runner.rest_url.endswith(":0")  # the serving line reports no REST port
     assert '"role": "runner"' in runner.log()
-    r = execute(runner.stub(), "import sympy; print(sympy.factorint(360))", request_id="direct")
-    assert (r.status, r.request_id, r.observation) == (OK, "direct", "{2: 3, 3: 2, 5: 1}")
-    # A runner trusts the gateway's caller metadata (it must be reachable only from the gateway).
+    # A runner trusts the caller a call names only when the call presents the gateway's token.
+    with pytest.raises(grpc.RpcError) as e:
+        execute(runner.stub(), "print(1)")
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
     before = cluster.runners[0].runs("team-direct")
+    md = (("x-torl-caller", "team-direct"), ("x-torl-runner-token", RUNNER_TOKEN))
     resp = runner.stub().Execute(
-        executor_pb2.ExecuteRequest(code="print(1)"), timeout=60, metadata=(("x-torl-caller", "team-direct"),)
+        executor_pb2.ExecuteRequest(code="import sympy; print(sympy.factorint(360))", request_id="direct"),
+        timeout=60,
+        metadata=md,
     )
-    assert resp.status == OK
+    assert (resp.status, resp.request_id, resp.observation) == (OK, "direct", "{2: 3, 3: 2, 5: 1}")
     assert cluster.runners[0].runs("team-direct") == before + 1
 
 
@@ -118,7 +130,7 @@ def test_session_runs_of_one_caller_stick_to_one_runner(cluster: Cluster) -> Non
         pids.add(r.stdout)
     grown = [r.runs("grpc") - b for r, b in zip(cluster.runners, before, strict=True)]
     assert sorted(grown) == [0, 12], grown  # all twelve on one runner, none on the other
-    assert len(pids) < 12  # and that runner reused the session's worker
+    assert len(pids) == 12  # each run in a fresh process (never a reused one)
 
     before = [r.runs("grpc") for r in cluster.runners]
     for _ in range(6):

@@ -83,14 +83,14 @@ def test_deadline_is_honoured_and_service_recovers(ex: Executor) -> None:
     assert_still_serves(stub)
 
 
-def test_session_reuses_worker_with_fresh_state(ex: Executor) -> None:
+def test_session_runs_get_fresh_processes_and_state(ex: Executor) -> None:
     stub = ex.stub()
     kw = {"isolation": SESSION, "session_id": "replica-1"}
     pids = set()
     for _ in range(4):
         r = execute(stub, "import os; print(os.getpid())", **kw)
         pids.add(r.stdout)
-    assert len(pids) < 4  # workers are reused in session mode
+    assert len(pids) == 4  # no process runs two programs, in session mode either
     execute(stub, "import os; x = 41; os.environ['LEAK'] = '1'; os.chdir('/tmp'); open('f','w').write('x')", **kw)
     for _ in range(3):
         r = execute(stub, "import os; print('x' in globals(), os.environ.get('LEAK'), os.listdir('.'))", **kw)

@@ -7,6 +7,7 @@ rollout's reward client (deps.tls) and the learner's replica client (weight_sync
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import sys
 import threading
@@ -284,19 +285,24 @@ def test_executor_hops_over_mtls(start_service: Callable[..., ServiceProcess], p
     creds = client_creds(pki, with_cert=True)
     client = {"enabled": True, "ca_file": str(pki.ca), "cert_file": str(pki.client_cert),
               "key_file": str(pki.client_key)}
+    token = tmp_path / "runner-token"
+    token.write_text("runner-token-0123456789abcdef0123456789")
+    digest = hashlib.sha256(token.read_bytes()).hexdigest()
     runner = start_service(
         "executor", *tls_args(pki, mutual=True), "--set", "role=runner", "--set", "rest.enabled=false",
+        "--set", f"runner_token_sha256={digest}",
         "--set", "sandbox.backend=bwrap", "--set", "pool.size=1", "--set", f"sandbox.state_dir={tmp_path / 'r'}",
         credentials=creds,
     )
     runners = f'runners=["localhost:{runner.port}"]'
+    token_set = ("--set", f"runner_token_file={token}")
     gateway = start_service(
         "executor", *tls_args(pki, mutual=True), "--set", "role=gateway", "--set", "rest.enabled=false",
-        "--set", runners, *[a for k, v in client.items() for a in ("--set", f"runners_tls.{k}={v}")],
+        "--set", runners, *token_set, *[a for k, v in client.items() for a in ("--set", f"runners_tls.{k}={v}")],
         credentials=creds,
     )
     plain_gateway = start_service(
-        "executor", "--set", "role=gateway", "--set", "rest.enabled=false", "--set", runners,
+        "executor", "--set", "role=gateway", "--set", "rest.enabled=false", "--set", runners, *token_set,
     )
 
     async def run(target: str) -> tuple[str, bool, str]:

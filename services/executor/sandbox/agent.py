@@ -17,10 +17,11 @@ Processes inside the sandbox:
 - A spare drops to uid/gid 65534 (when root, as under gVisor) so untrusted code cannot signal or
   trace the agent or the zygote, starts its own session, and warms up (runs a tiny program into
   /dev/null) so the copy-on-write page faults of a typical run are taken before a request waits.
-- `strict`: a spare runs one program, reports its exit code and exits. `session`: the spare
-  becomes a worker that runs many programs of one session, each with fresh globals, env, cwd and
-  work dir, and checks after each run that no thread or child process was left behind (otherwise
-  it is recycled).
+- Every run, `strict` or `session`, gets a fresh spare that runs that one program, reports its exit
+  code and is killed (with its whole session) as soon as it has reported. No process that ran
+  untrusted code ever runs a second program: nothing a run changes in its interpreter (frames,
+  builtins, modules, signals, alarms, rlimits, environment, threads, children) can reach a later
+  run, and a status line a run forges only ends that run early, as `os._exit` would.
 - After every run the agent kills any process that does not belong to a live run (daemons,
   orphans), reaps zombies and removes every file under /tmp that no live run owns.
 - Wall-clock limits are enforced here with SIGKILL to the run's session, and again by the host,
@@ -53,7 +54,6 @@ import signal
 import socket
 import struct
 import sys
-import threading
 import time
 import traceback
 import types
@@ -87,6 +87,10 @@ except ImportError:
     pass
 """
 SANDBOX_UID = 65534
+CANCELLED_RESULT: dict[str, Any] = {
+    "exit_code": -9, "timed_out": False, "duration": 0.0, "stdout": "", "stderr": "",
+    "stdout_truncated": False, "stderr_truncated": False, "error": "cancelled by the caller",
+}
 MAX_FRAME = 256 * 1024 * 1024
 HEADER = struct.Struct(">I")
 
@@ -143,8 +147,6 @@ class ChildContext:
         self.status_w = status_w
         self.base_env = base_env
         self.mem_mb: int | None = None
-        self.stdout_id = os.fstat(1).st_ino
-        self.stderr_id = os.fstat(2).st_ino
 
 
 def _drop_privileges() -> None:
@@ -269,20 +271,6 @@ def _prepare_run(base_env: dict[str, str], job: dict[str, Any]) -> str:
     return work
 
 
-def _reset_problem(ctx: ChildContext) -> str | None:
-    """Why this worker cannot be reused after a run (None when it can)."""
-    if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
-        return "threads left running"
-    try:
-        pid, _ = os.waitpid(-1, os.WNOHANG)
-        return "child processes left behind" if pid == 0 or pid > 0 else None
-    except ChildProcessError:
-        pass
-    if os.fstat(1).st_ino != ctx.stdout_id or os.fstat(2).st_ino != ctx.stderr_id:
-        return "stdout/stderr were replaced"
-    return None
-
-
 def _warm_up(base_env: dict[str, str], code: str) -> None:
     """Take the copy-on-write page faults of a typical run now, before a request waits on them
     (under gVisor's ptrace platform the first run in a fresh process paid tens of ms for them).
@@ -308,7 +296,7 @@ def _warm_up(base_env: dict[str, str], code: str) -> None:
 
 
 def child_main(ctx: ChildContext) -> None:
-    """Body of a spare: wait for jobs; run one (strict) or many (session)."""
+    """Body of a spare: take warm-up requests until a job comes; run it, report, exit."""
     while True:
         try:
             job = read_frame(ctx.job_r)
@@ -323,28 +311,16 @@ def child_main(ctx: ChildContext) -> None:
             continue
         _set_memory_limit(ctx, int(job["mem_mb"]))
         try:
-            work = _prepare_run(ctx.base_env, job)
+            _prepare_run(ctx.base_env, job)  # the agent removes the work dir once this process is gone
         except Exception as e:
             os.write(2, f"sandbox: could not prepare the run: {e}\n".encode())
             os._exit(125)
         exit_code = _run_code(job["code"])
-        if job["mode"] == "strict":
-            # Report before exiting: the agent answers the host without waiting for this process's
-            # teardown, then kills whatever is left of it.
-            with contextlib.suppress(OSError):
-                status = {"exit_code": exit_code, "reset_problem": "strict"}
-                write_all(ctx.status_w, (json.dumps(status) + "\n").encode())
-            os._exit(exit_code)
-        os.chdir("/")
-        shutil.rmtree(work, ignore_errors=True)
-        problem = _reset_problem(ctx)
-        status = {"exit_code": exit_code, "reset_problem": problem}
-        try:
-            write_all(ctx.status_w, (json.dumps(status) + "\n").encode())
-        except OSError:
-            os._exit(1)
-        if problem is not None:
-            os._exit(0)
+        # Report before exiting: the agent answers the host without waiting for this process's
+        # teardown, then kills whatever is left of it. This process never runs another program.
+        with contextlib.suppress(OSError):
+            write_all(ctx.status_w, (json.dumps({"exit_code": exit_code}) + "\n").encode())
+        os._exit(exit_code)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,9 +448,6 @@ class Proc:
         self.err_r = err_r
         self.status_r = status_r
         self.status_buf = b""
-        self.runs = 0
-        self.session: str | None = None
-        self.mem_mb: int | None = None
         self.run: Run | None = None
         self.warm = "light"  # light -> warming (deep warm-up asked) -> deep
         self.exited = False
@@ -548,17 +521,14 @@ class Agent:
         ctrl_out: int,
         spares: int,
         base_env: dict[str, str],
-        worker_max_runs: int,
         preload: list[str],
     ) -> None:
-        self.worker_max_runs = worker_max_runs
         self.ctrl_in = ctrl_in
         self.ctrl_out = ctrl_out
         self.target_spares = spares
         self.base_env = base_env
         self.sel = selectors.DefaultSelector()
         self.spares: list[Proc] = []
-        self.idle_workers: dict[str, list[Proc]] = {}
         self.procs: dict[int, Proc] = {}
         self.runs: dict[str, Run] = {}
         self.fd_owner: dict[int, tuple[Proc, str]] = {}
@@ -650,45 +620,26 @@ class Agent:
         proc.close()
         if proc in self.spares:
             self.spares.remove(proc)
-        for workers in self.idle_workers.values():
-            if proc in workers:
-                workers.remove(proc)
 
     # -- runs -----------------------------------------------------------------------------------
 
     def start_run(self, job: dict[str, Any]) -> None:
-        mode = job["mode"]
-        session = str(job.get("session") or "")
-        mem_mb = int(job["mem_mb"])
-        proc: Proc | None = None
-        if mode == "session":
-            workers = self.idle_workers.get(session, [])
-            while workers and proc is None:
-                cand = workers.pop()
-                if cand.mem_mb == mem_mb and not cand.exited:
-                    proc = cand
-                else:
-                    self.discard(cand)
-        if proc is None:
-            if not self.spares:
-                self.waiting.append(job)
-                self.refill_spares()
-                return
-            # A deep-warmed spare first, then one that is not busy warming up, then any.
-            proc = min(self.spares, key=lambda p: ("deep", "light", "warming").index(p.warm))
-            self.spares.remove(proc)
-            proc.session = session
-            proc.mem_mb = mem_mb
+        if not self.spares:
+            self.waiting.append(job)
+            self.refill_spares()
+            return
+        # A deep-warmed spare first, then one that is not busy warming up, then any.
+        proc = min(self.spares, key=lambda p: ("deep", "light", "warming").index(p.warm))
+        self.spares.remove(proc)
         run = Run(job, proc)
         proc.run = run
-        proc.runs += 1
         self.runs[run.id] = run
         payload: dict[str, Any] = {k: job[k] for k in ("id", "mode", "code", "stdin", "files", "mem_mb") if k in job}
         try:
             write_frame(proc.job_w, payload)
         except OSError as e:
             run.error = f"could not hand the run to its process: {e}"
-            self.finish(run, kill=True)
+            self.finish(run)
 
     def drain(self, proc: Proc) -> None:
         for fd, kind in ((proc.out_r, "out"), (proc.err_r, "err")):
@@ -736,20 +687,18 @@ class Agent:
         run = proc.run
         assert run is not None
         try:
-            status = json.loads(line)
-            exit_code = int(status["exit_code"])
-            problem = status.get("reset_problem")
+            exit_code = int(json.loads(line)["exit_code"])
         except (ValueError, KeyError, TypeError):
             self.fault_proc(proc, "worker sent a malformed status")
             return
         self.drain(proc)
         run.exit_code = exit_code
-        self.finish(run, kill=problem is not None)
+        self.finish(run)
 
     def fault_proc(self, proc: Proc, why: str) -> None:
         if proc.run is not None:
             proc.run.exit_code = proc.run.exit_code if proc.run.exit_code is not None else 1
-            self.finish(proc.run, kill=True)
+            self.finish(proc.run)
         else:
             self.discard(proc)
 
@@ -768,18 +717,28 @@ class Agent:
                 run.exit_code = os.WEXITSTATUS(status)
             else:
                 run.exit_code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else 1
-        self.finish(run, kill=True)
+        self.finish(run)
 
-    def finish(self, run: Run, kill: bool) -> None:
+    def finish(self, run: Run) -> None:
+        """The run is over: its process (and its session) is killed, never reused."""
         proc = run.proc
         proc.run = None
         self.runs.pop(run.id, None)
-        reuse = run.mode == "session" and not kill and not proc.exited and proc.runs < self.worker_max_runs
-        if reuse:
-            self.idle_workers.setdefault(proc.session or "", []).append(proc)
-        else:
-            self.discard(proc)
+        self.discard(proc)
         self.finished.append(run)
+
+    def cancel(self, run_id: str) -> None:
+        """The host's caller gave up on a run: kill it now (or drop it if it has not started), and report."""
+        for job in list(self.waiting):
+            if str(job["id"]) == run_id:
+                self.waiting.remove(job)
+                write_frame(self.ctrl_out, {"op": "result", "id": run_id, **CANCELLED_RESULT})
+                return
+        run = self.runs.get(run_id)
+        if run is not None:
+            run.error = "cancelled by the caller"
+            self.drain(run.proc)
+            self.finish(run)
 
     def check_deadlines(self) -> None:
         now = time.monotonic()
@@ -787,7 +746,7 @@ class Agent:
             if now >= run.deadline:
                 run.timed_out = True
                 self.drain(run.proc)
-                self.finish(run, kill=True)
+                self.finish(run)
 
     def next_timeout(self) -> float | None:
         times = [r.deadline for r in self.runs.values()]
@@ -913,6 +872,8 @@ class Agent:
                         return
                     if msg.get("op") == "run":
                         self.start_run(msg)
+                    elif msg.get("op") == "cancel":
+                        self.cancel(str(msg.get("id")))
                     elif msg.get("op") == "ping":
                         write_frame(self.ctrl_out, {"op": "pong"})
                 elif key.data == "zygote":
@@ -989,7 +950,6 @@ def main() -> None:
         ctrl_out,
         int(args.get("spares", 2)),
         base_env,
-        int(args.get("worker_max_runs", 200)),
         [str(m) for m in args.get("preload", [])],
     ).serve()
 

@@ -3,7 +3,7 @@
 A sandbox is one long-lived isolated environment (a gVisor container, a bubblewrap jail, or, with
 the process backend, a plain child process inside a pod that gVisor already isolates) whose
 first process is the agent (agent.py in this package): a resident interpreter with the math
-modules imported that forks a fresh process (or reuses a session worker) per run. The host talks
+modules imported that forks a fresh process per run (never reused, in either isolation mode). The host talks
 to it over the sandbox's stdin/stdout with length-prefixed JSON frames.
 
 Backends (gvisor.py, bwrap.py, process.py) only say how to launch and destroy one; everything else (frames,
@@ -37,6 +37,7 @@ AGENT_PATH_IN_SANDBOX = "/opt/torl/agent.py"
 SITE_IN_SANDBOX = "/opt/site"
 HEADER = struct.Struct(">I")
 MAX_RESULT_FRAME = 512 * 1024 * 1024
+CANCEL_GRACE_SECONDS = 10.0  # a cancelled run not confirmed dead by then faults its sandbox (recycled)
 
 IsolationMode = Literal["strict", "session"]
 
@@ -129,14 +130,13 @@ class Layout:
     agent_path: str = AGENT_PATH_IN_SANDBOX
     site: tuple[str, ...] = (SITE_IN_SANDBOX,)
 
-    def agent_args(self, preload: list[str], spares: int, worker_max_runs: int) -> list[str]:
+    def agent_args(self, preload: list[str], spares: int) -> list[str]:
         """The agent's command line; its last element is the agent's JSON options."""
         args = {
             "site": list(self.site),
             "preload": preload,
             "env": self.env,
             "spares": spares,
-            "worker_max_runs": worker_max_runs,
         }
         return [self.python, "-I", "-B", self.agent_path, json.dumps(args)]
 
@@ -368,10 +368,34 @@ class Sandbox:
             raise SandboxError(f"could not send the run to sandbox {self.name}: {e}") from e
         try:
             result = await asyncio.wait_for(asyncio.shield(fut), hard_timeout)
+        except asyncio.CancelledError:
+            # The caller is gone (deadline, cancel): the run must really stop before its slot is
+            # given back, so the agent kills it and this waits (shielded) for its final result.
+            await self._cancel(job.run_id, fut)
+            raise
         finally:
             self.pending.pop(job.run_id, None)
         await self.backend.after_run(self)
         return result
+
+    async def _cancel(self, run_id: str, fut: asyncio.Future[JobResult]) -> None:
+        """Ask the agent to kill run `run_id` and wait until it reports it ended (or the sandbox dies)."""
+        body = json.dumps({"op": "cancel", "id": run_id}).encode()
+
+        async def stop() -> None:
+            try:
+                async with self._write_lock:
+                    if self.proc is not None and self.proc.stdin is not None:
+                        self.proc.stdin.write(HEADER.pack(len(body)) + body)
+                        await self.proc.stdin.drain()
+                await asyncio.wait_for(asyncio.shield(fut), CANCEL_GRACE_SECONDS)
+            except (TimeoutError, ConnectionError, RuntimeError, SandboxError):
+                why = f"run {run_id} did not stop within {CANCEL_GRACE_SECONDS:g} s of a cancel"
+                self.faulted = self.faulted or why
+                log.warning("cancel_not_confirmed", sandbox=self.name, run_id=run_id)
+
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(asyncio.ensure_future(stop()))
 
     @property
     def pid(self) -> int | None:
