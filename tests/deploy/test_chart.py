@@ -175,7 +175,7 @@ def test_every_torl_pod_is_covered_by_a_network_policy(rendered: dict[str, list[
 def test_gateway_requires_its_api_key_secret(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for profile, docs in rendered.items():
         gw = workloads(docs)["executor-gateway"]["spec"]["template"]["spec"]
-        (vol,) = [v for v in gw["volumes"] if "secret" in v]
+        (vol,) = [v for v in gw["volumes"] if v["name"] == "api-keys"]
         assert vol["secret"]["optional"] is False, profile
         assert vol["secret"]["secretName"] == "torl-executor-api-keys"
 

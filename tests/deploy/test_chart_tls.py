@@ -33,7 +33,8 @@ def assert_tls_probes(docs: list[dict[str, Any]], comp: str, c: dict[str, Any], 
     probes = ["startupProbe", "livenessProbe"] + ([] if comp == "executor-gateway" else ["readinessProbe"])
     for probe in probes:
         cmd = c[probe]["exec"]["command"]
-        assert cmd[:3] == ["python", "-m", "torl.common.healthcheck"], (comp, probe)
+        # -I: isolated mode, never imports from the probe's (writable) working directory
+        assert cmd[:4] == ["python", "-I", "-m", "torl.common.healthcheck"], (comp, probe)
         assert cmd[cmd.index("--target") + 1] == f"127.0.0.1:{port}"
         assert cmd[cmd.index("--server-name") + 1] == service_name(docs, comp)
         assert ("--cert" in cmd) == mutual and "--tls" in cmd

@@ -209,6 +209,7 @@ plaintext metrics port instead would only show that the process is up, not that 
 exec:
   command:
     - python
+    - -I
     - -m
     - torl.common.healthcheck
     - --target
