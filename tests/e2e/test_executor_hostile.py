@@ -256,3 +256,96 @@ def test_open_doors_refuse_to_start(sets: list[str], needle: str, tmp_path: Path
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0
     assert needle in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-1000:]
+
+
+# -- 8: probes never import from their writable working directory ------------------------------------
+
+
+def _probe_commands() -> list[list[str]]:
+    """The executor image's HEALTHCHECK and the chart's exec gRPC probe (TLS on: the exec'd check)."""
+    import json
+    import re
+
+    from tests.deploy.tools import CI_VALUES, render
+
+    text = (REPO / "docker" / "executor.Dockerfile").read_text()
+    healthcheck = json.loads(re.search(r"HEALTHCHECK[^\[]*CMD (\[.*\])", text).group(1))  # type: ignore[union-attr]
+    cpu = next(p for p in CI_VALUES if p.stem == "cpu-values")
+    docs = render("-f", str(cpu), "--set", "tls.enabled=true", "--set", "tls.secretName=torl-tls",
+                  "--set", "tls.runnerSecretName=torl-runner-tls")
+    runner = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("executor-runner"))
+    probe = runner["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["exec"]["command"]
+    return [healthcheck, probe]
+
+
+def test_probes_never_import_from_a_planted_cwd(gv: Executor, tmp_path: Path) -> None:
+    import sys
+
+    marker = tmp_path / "HIJACKED"
+    plant = tmp_path / "cwd"
+    for pkg in ("torl", "torl/common", "urllib"):
+        (plant / pkg).mkdir(parents=True)
+        (plant / pkg / "__init__.py").write_text("")
+    payload = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+    (plant / "torl" / "common" / "healthcheck.py").write_text(payload)
+    (plant / "urllib" / "request.py").write_text(payload)
+    healthcheck, probe = _probe_commands()
+    assert healthcheck[0] == probe[0] == "python"
+    # The probe as the chart runs it, pointed at a live plaintext executor (its TLS flags dropped).
+    grpc_probe = [sys.executable, *probe[1 : probe.index("torl.common.healthcheck") + 1], "--target", gv.grpc_target]
+    docker_probe = [sys.executable, *healthcheck[1:]]
+    res = subprocess.run(grpc_probe, cwd=plant, capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr  # the real health check ran and found the executor SERVING
+    subprocess.run(docker_probe, cwd=plant, capture_output=True, text=True, timeout=60, check=False)
+    assert not marker.exists(), marker.read_text()
+    assert_still_serves(gv.stub())
+
+
+# -- 10: strict runs leave nothing for the next one (files anywhere under /tmp, /dev/shm, SysV IPC) ---
+
+PLANT = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+shmid = libc.shmget(0x7017, 4096, 0o1000 | 0o666)
+ctypes.memmove(libc.shmat(shmid, None, 0), b"SHM-SECRET", 10)
+semid = libc.semget(0x7018, 1, 0o1000 | 0o666)
+open("/tmp/runs/leak-file", "w").write("FILE-SECRET")
+os.makedirs("/tmp/runs/locked/in", exist_ok=True)
+open("/tmp/runs/locked/in/f", "w").write("DIR-SECRET")
+os.chmod("/tmp/runs/locked/in", 0o500)
+os.chmod("/tmp/runs/locked", 0o500)
+try:
+    open("/dev/shm/leak", "w").write("DEVSHM-SECRET")
+except OSError:
+    pass
+print(shmid >= 0, semid >= 0)
+"""
+
+LOOK = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+found = []
+shmid = libc.shmget(0x7017, 0, 0)
+if shmid >= 0:
+    found.append(ctypes.string_at(libc.shmat(shmid, None, 0), 10).decode(errors="replace"))
+if libc.semget(0x7018, 0, 0) >= 0:
+    found.append("semaphore")
+for p in ("/tmp/runs/leak-file", "/tmp/runs/locked/in/f", "/dev/shm/leak"):
+    try:
+        found.append(open(p).read())
+    except OSError:
+        pass
+print(found)
+"""
+
+
+def test_strict_runs_leave_nothing_behind(gv: Executor) -> None:
+    stub = gv.stub()
+    r = execute(stub, PLANT, isolation=STRICT)
+    assert (r.status, r.observation) == (OK, "True True"), (r.status, r.stdout, r.stderr)
+    for _ in range(2):
+        r = execute(stub, LOOK, isolation=STRICT)
+        assert (r.status, r.observation) == (OK, "[]"), (r.status, r.stdout, r.stderr)
+    assert_still_serves(stub)

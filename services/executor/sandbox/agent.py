@@ -64,6 +64,7 @@ from typing import Any, NoReturn
 # private root directory the backend made for this sandbox (set by main()).
 SCRATCH = "/tmp"
 RUN_ROOT = "/tmp/runs"
+RUN_ROOT_FD = -1  # a descriptor of RUN_ROOT opened while the agent could still read it (set by main())
 # Process mode only (None otherwise): the rlimits every spare sets for itself.
 PROCESS_LIMITS: dict[str, int] | None = None
 PR_SET_PDEATHSIG = 1
@@ -149,6 +150,20 @@ class ChildContext:
         self.mem_mb: int | None = None
 
 
+CLONE_NEWIPC = 0x08000000
+
+
+def _private_ipc() -> None:
+    """Give this spare (and so its run) an IPC namespace of its own where the agent may (root in a
+    gVisor sandbox): SysV shared memory, semaphores and queues a run makes die with it. Elsewhere the
+    agent removes them after each run (remove_sysv_ipc)."""
+    if os.getuid() == 0 and PROCESS_LIMITS is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(CLONE_NEWIPC) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWIPC): {os.strerror(err)}")
+
+
 def _drop_privileges() -> None:
     if os.getuid() == 0:
         os.setgroups([])
@@ -189,6 +204,7 @@ def _apply_process_limits(limits: dict[str, int]) -> None:
     """Process mode: the limits a sandbox would otherwise set for its whole process tree, per spare."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid switch, which clears it
     _prctl(PR_SET_DUMPABLE, 0)  # a run cannot ptrace or read /proc of another spare of its uid
+    _deny_tracing()  # nor of a process that is not yet non-dumpable (a freshly started agent)
     # Linux counts every task of the uid against RLIMIT_NPROC (the service, other sandboxes), so the
     # limit is what the uid runs now plus what one run may add.
     nproc = tasks_of_uid(os.getuid()) + int(limits["nproc_extra"])
@@ -199,6 +215,45 @@ def _apply_process_limits(limits: dict[str, int]) -> None:
     nofile = int(limits["nofile"]) if hard == resource.RLIM_INFINITY else min(int(limits["nofile"]), hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+# Syscalls that read or write another process of the same uid: (audit arch, [numbers]) per machine.
+TRACING_SYSCALLS = {
+    "x86_64": (0xC000003E, [101, 310, 311]),  # ptrace, process_vm_readv, process_vm_writev
+    "aarch64": (0xC00000B7, [117, 270, 271]),
+}
+
+
+def _deny_tracing() -> None:
+    """A seccomp filter on this process and all it forks: ptrace and process_vm_{read,write}v fail with
+    EPERM (other architectures than the machine's own are killed: no syscall-table confusion)."""
+    import platform
+
+    arch, numbers = TRACING_SYSCALLS[platform.machine()]
+    ld_arch, ld_nr, ret = 0x20 | 0x00 | 0x00, 0x20, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_RET|BPF_K
+    jeq = 0x05 | 0x10  # BPF_JMP|BPF_JEQ|BPF_K
+    allow, eperm, kill = 0x7FFF0000, 0x00050000 | 1, 0x80000000
+    prog = [(ld_arch, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, kill), (ld_nr, 0, 0, 0)]
+    for i, nr in enumerate(numbers):
+        prog.append((jeq, len(numbers) - i, 0, nr))
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, eperm)]
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    filters = (Filter * len(prog))(*[Filter(*f) for f in prog])
+    program = Prog(len(prog), filters)
+    libc = ctypes.CDLL(None, use_errno=True)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"seccomp filter: {os.strerror(err)}")
 
 
 def _set_memory_limit(ctx: ChildContext, mem_mb: int) -> None:
@@ -347,6 +402,7 @@ def _spawn_spare(sock: socket.socket, base_env: dict[str, str]) -> None:
                 if n not in keep:
                     with contextlib.suppress(OSError):
                         os.close(n)
+            _private_ipc()
             _drop_privileges()
             os.setsid()
             if PROCESS_LIMITS is not None:
@@ -432,6 +488,61 @@ def descendants(root: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def remove_path(path: str) -> bool:
+    """Remove a file, link or tree, whatever a run did to its modes; False when something stayed."""
+
+    def retry(func: Any, p: str, _exc: Any) -> None:  # a run may have made a directory unwritable
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+            func(p)
+
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, onerror=retry)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    return not os.path.lexists(path)
+
+
+IPC_RMID, SHM_STAT, SHM_INFO, SEM_STAT, SEM_INFO, MSG_STAT, MSG_INFO = 0, 13, 14, 18, 19, 11, 12
+SHM_CPID_OFFSET = 80  # struct shmid_ds on 64-bit Linux: ipc_perm (48), segsz, atime, dtime, ctime, cpid
+
+
+def remove_sysv_ipc(idle: bool) -> None:
+    """Remove the SysV IPC objects runs left behind: shared memory whose creator is gone (always),
+    semaphore sets and message queues (when no run is live: they do not name their creator)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(512)
+    top = libc.shmctl(0, SHM_INFO, buf)
+    for index in range(max(top, -1) + 1):
+        shmid = libc.shmctl(index, SHM_STAT, buf)
+        if shmid < 0:
+            continue
+        cpid = int.from_bytes(buf.raw[SHM_CPID_OFFSET : SHM_CPID_OFFSET + 4], "little")
+        try:
+            os.kill(cpid, 0)
+        except ProcessLookupError:
+            libc.shmctl(shmid, IPC_RMID, None)
+        except OSError:
+            pass
+    if not idle:
+        return
+    for index in range(max(libc.semctl(0, 0, SEM_INFO, buf), -1) + 1):
+        semid = libc.semctl(index, 0, SEM_STAT, buf)
+        if semid >= 0:
+            libc.semctl(semid, 0, IPC_RMID)
+    for index in range(max(libc.msgctl(0, MSG_INFO, buf), -1) + 1):
+        msqid = libc.msgctl(index, MSG_STAT, buf)
+        if msqid >= 0:
+            libc.msgctl(msqid, IPC_RMID, None)
 
 
 class ZygoteLost(Exception):
@@ -820,16 +931,17 @@ class Agent:
         live = {r.id for r in self.runs.values()}
         for name in os.listdir(SCRATCH):
             path = os.path.join(SCRATCH, name)
-            if name == "runs":
-                for run_dir in os.listdir(path):
-                    if run_dir not in live:
-                        shutil.rmtree(os.path.join(path, run_dir), ignore_errors=True)
+            if name == "runs" and path == RUN_ROOT:
+                for entry in os.listdir(RUN_ROOT_FD):
+                    if entry not in live:
+                        clean &= remove_path(os.path.join(path, entry))
                 continue
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+            clean &= remove_path(path)
+        if PROCESS_LIMITS is None:  # a sandbox of its own: its /dev/shm and SysV IPC are the runs'
+            with contextlib.suppress(OSError):
+                for name in os.listdir("/dev/shm"):
+                    clean &= remove_path(os.path.join("/dev/shm", name))
+            remove_sysv_ipc(idle=not self.runs)
         return clean
 
     def report(self, run: Run) -> None:
@@ -888,7 +1000,8 @@ class Agent:
                 for run in done:
                     self.report(run)
                 if not clean:
-                    write_frame(self.ctrl_out, {"op": "fault", "message": "could not kill leftover processes"})
+                    message = "could not kill or remove what a run left behind (processes or files)"
+                    write_frame(self.ctrl_out, {"op": "fault", "message": message})
             self.refill_spares()
             if self.runs or self.waiting:
                 self.idle_since = None
@@ -928,6 +1041,10 @@ def _enter_process_mode(root: str, limits: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    # First: no process of the sandbox's uid (a run, under bwrap or the process backend) may ptrace
+    # the agent or open its /proc files (its control pipe to the host among them). The zygote and
+    # the spares are forked from here and inherit it.
+    _prctl(PR_SET_DUMPABLE, 0)
     args = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     if args.get("process") is not None:
         _enter_process_mode(str(args["root"]), dict(args["process"]))
@@ -943,8 +1060,13 @@ def main() -> None:
     os.dup2(null, 0)
     os.dup2(null, 1)
     os.makedirs(RUN_ROOT, exist_ok=True)
-    # Runs drop to uid 65534 when the agent is root; otherwise they share the agent's uid.
-    os.chmod(RUN_ROOT, 0o1777 if os.getuid() == 0 else 0o700)
+    # Runs drop to uid 65534 when the agent is root; otherwise they share the agent's uid. Either way
+    # a run may create its own work dir here (named by its unguessable run id) but not list the
+    # others'; the agent lists it through a descriptor opened before the read bit goes.
+    global RUN_ROOT_FD
+    os.chmod(RUN_ROOT, 0o700)
+    RUN_ROOT_FD = os.open(RUN_ROOT, os.O_RDONLY | os.O_DIRECTORY)
+    os.chmod(RUN_ROOT, 0o1733 if os.getuid() == 0 else 0o300)
     Agent(
         ctrl_in,
         ctrl_out,

@@ -23,9 +23,10 @@ from torl.executor.sandbox.base import Backend, Layout, SandboxError, is_leftove
 
 log = get_logger("torl.executor.sandbox.gvisor")
 
-# The agent runs as root inside the sandbox only to drop each run to uid 65534 and to kill and
-# clean up after it; run processes end up with no capabilities at all.
-AGENT_CAPABILITIES = ["CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER"]
+# The agent runs as root inside the sandbox only to drop each run to uid 65534, to give each run
+# its own IPC namespace (CAP_SYS_ADMIN, for unshare) and to kill and clean up after it; run
+# processes end up with no capabilities at all.
+AGENT_CAPABILITIES = ["CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_SYS_ADMIN"]
 MERGED_USR_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
 
 
