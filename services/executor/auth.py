@@ -50,6 +50,9 @@ class ApiKey(StrictModel):
     allow_session: bool = Field(False, description="Whether this key may ask for session isolation.")
 
 
+RESERVED_NAMES = ("anonymous", "grpc")  # what keyless callers are called in metrics and logs
+
+
 class KeysFile(StrictModel):
     keys: list[ApiKey] = Field(default_factory=list, description="The API keys.")
 
@@ -65,15 +68,16 @@ class TokenBucket:
         self.tokens = float(burst)
         self.last = time.monotonic()
 
-    def take(self) -> float:
-        """0 when a token was taken, else the seconds until one is available."""
+    def take(self, n: int = 1) -> float:
+        """0 when `n` tokens (at most the burst) were taken, else the seconds until they are available."""
+        want = float(min(n, self.burst))
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= want:
+            self.tokens -= want
             return 0.0
-        return (1.0 - self.tokens) / self.rate
+        return (want - self.tokens) / self.rate
 
 
 class KeyStore:
@@ -112,8 +116,9 @@ class KeyStore:
             self._stamp = stamp
             return
         names = [k.name for k in parsed.keys]
-        if len(set(names)) != len(names):
-            msg = f"api keys file {self.path}: key names must be unique"
+        reserved = sorted(set(names) & set(RESERVED_NAMES))
+        if len(set(names)) != len(names) or reserved:
+            msg = f"api keys file {self.path}: key names must be unique and not {' or '.join(RESERVED_NAMES)}"
             if initial:
                 raise ValueError(msg)
             log.error("api_keys_invalid_kept_previous", path=str(self.path), error=msg)
@@ -150,7 +155,7 @@ class KeyStore:
     def admit(self, key: ApiKey, cost: int = 1) -> None:
         """Charge the rate limit and take `cost` concurrency units; ResourceExhausted when over."""
         bucket = self.buckets.setdefault(key.name, TokenBucket(key.rate_per_second, key.burst))
-        wait = bucket.take()
+        wait = bucket.take(cost)  # a batch of n runs costs n tokens (at most the burst)
         if wait > 0:
             metrics.RATE_LIMITED.labels(key.name, "rate").inc()
             raise ResourceExhausted(

@@ -14,6 +14,7 @@ backend it concerns, each asserting that the attack fails AND that the service k
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import subprocess
@@ -349,3 +350,95 @@ def test_strict_runs_leave_nothing_behind(gv: Executor) -> None:
         r = execute(stub, LOOK, isolation=STRICT)
         assert (r.status, r.observation) == (OK, "[]"), (r.status, r.stdout, r.stderr)
     assert_still_serves(stub)
+
+
+# -- 9: bwrap: a run cannot reach the agent's control pipe (or any descriptor of another process) ---
+
+CONTROL_PIPES = """
+import os
+me, seen, opened = os.getpid(), 0, 0
+for p in os.listdir('/proc'):
+    if not p.isdigit() or int(p) == me:
+        continue
+    try:
+        cmd = open(f'/proc/{p}/cmdline', 'rb').read()
+    except OSError:
+        continue
+    if b'agent.py' not in cmd:
+        continue
+    seen += 1
+    try:
+        fds = os.listdir(f'/proc/{p}/fd')
+    except OSError:
+        continue
+    for fd in fds:
+        try:
+            os.close(os.open(f'/proc/{p}/fd/{fd}', os.O_WRONLY | os.O_NONBLOCK))
+            opened += 1
+        except OSError:
+            pass
+print(seen > 0, opened)
+"""
+
+
+def test_bwrap_runs_cannot_open_the_agents_descriptors(tmp_path: Path) -> None:
+    require_binary("bwrap")
+    with run_executor(tmp_path, "sandbox.backend=bwrap", "pool.size=1", "pool.slots_per_sandbox=2") as ex:
+        stub = ex.stub()
+        for isolation in (STRICT, SESSION):
+            r = execute(stub, CONTROL_PIPES, isolation=isolation, session_id="s")
+            assert (r.status, r.observation) == (OK, "True 0"), (r.status, r.stdout, r.stderr)
+        assert_still_serves(stub)
+
+
+# -- 12: process backend: runs share a uid, yet cannot find other runs' work dirs or trace anything ----
+
+HOLD_SECRET = "import time; open('secret.txt').read(); print('held'); time.sleep(6)"
+SNOOP = """
+import ctypes, os, time
+sandbox_root = os.path.dirname(os.path.dirname(os.getcwd()))
+process_dir = os.path.dirname(sandbox_root)
+found = []
+for sb in os.listdir(process_dir):
+    runs = os.path.join(process_dir, sb, 'runs')
+    try:
+        names = os.listdir(runs)
+    except OSError:
+        continue
+    for d in names:
+        try:
+            found.append(open(os.path.join(runs, d, 'secret.txt')).read())
+        except OSError:
+            pass
+pid = os.fork()
+if pid == 0:
+    time.sleep(5)
+    os._exit(0)
+libc = ctypes.CDLL(None, use_errno=True)
+traced = libc.ptrace(16, pid, 0, 0) == 0  # PTRACE_ATTACH to a process of its own uid
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+print(found, traced)
+"""
+
+
+def test_process_backend_runs_cannot_snoop_or_trace() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="torl-hostile-process-"))
+    uid = 20000 + (os.getpid() + 1) % 10000
+    wrap = None
+    if os.geteuid() == 0:
+        (tmp / "stage").mkdir()
+        wrap = as_unprivileged(uid, tmp / "stage")
+        require(wrap is not None, "setpriv/unshare to start the service as a non-root uid")
+        os.chown(tmp, uid, uid)
+    with run_executor(tmp, "sandbox.backend=process", "sandbox.allow_unsandboxed_process=true", "pool.size=2",
+                      "pool.slots_per_sandbox=2", wrap=wrap, env={"HOME": str(tmp)}) as ex:
+        stub = ex.stub()
+        secret = executor_pb2.InputFile(path="secret.txt", content=b"TENANT-A-SECRET")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            holder = pool.submit(execute, stub, HOLD_SECRET, files=[secret], isolation=STRICT)
+            time.sleep(2)
+            r = execute(stub, SNOOP, isolation=STRICT)
+            assert (r.status, r.observation) == (OK, "[] False"), (r.status, r.stdout, r.stderr)
+            assert holder.result().observation == "held"
+        assert_still_serves(stub)

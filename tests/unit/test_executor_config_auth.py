@@ -82,3 +82,18 @@ def test_token_bucket_refills() -> None:
     assert b.take() > 0.0
     time.sleep(0.02)
     assert b.take() == 0.0
+
+
+def test_keyless_caller_names_are_reserved(tmp_path: Path) -> None:
+    for name in ("grpc", "anonymous"):
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(f'keys:\n  - name: {name}\n    key: "{KEY}"\n')
+        with pytest.raises(ValueError, match="not anonymous or grpc"):
+            KeyStore(f)
+
+
+def test_a_batch_costs_one_token_per_run_up_to_the_burst() -> None:
+    b = TokenBucket(rate=0.001, burst=10)
+    assert b.take(4) == 0.0 and b.take(4) == 0.0
+    assert b.take(4) > 0  # 2 left
+    assert b.take(50) > 0  # at most the burst, and that is not there either
