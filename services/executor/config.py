@@ -92,6 +92,20 @@ class SandboxSettings(StrictModel):
         description="RLIMIT_NPROC inside the sandbox (backend=process: processes and threads a run may add to "
         "those its uid already has when its process is forked).",
     )
+    memory_mb: int = Field(
+        4096,
+        ge=256,
+        le=1_048_576,
+        description="gVisor: memory of one sandbox, all its runs and gVisor's own kernel together (the "
+        "sandbox's cgroup, from the OCI spec); past it the sandbox is killed and replaced. bwrap: not applied; "
+        "process backend: the pod's resources.limits.",
+    )
+    cpus: float = Field(
+        2.0,
+        gt=0.0,
+        le=1024.0,
+        description="gVisor: CPU time of one sandbox, in cores (the cgroup's CFS quota per 100 ms period).",
+    )
     start_timeout_seconds: float = Field(90.0, ge=1.0, le=900.0, description="Longest a sandbox may take to start.")
 
     @model_validator(mode="after")

@@ -43,6 +43,7 @@ SESSION = executor_pb2.ISOLATION_SESSION
 STRICT = executor_pb2.ISOLATION_STRICT
 KEY = "hostile-key-0123456789abcdef"
 STRICT_KEY = "strict-only-key-0123456789abcdef"
+SANDBOX_MEMORY_MB = 1536
 RUNNER_TOKEN = "runner-token-0123456789abcdef0123456789abcdef"
 KEYS = f"""
 keys:
@@ -68,6 +69,7 @@ def gv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executor]:
     keys.write_text(KEYS)
     with run_executor(
         tmp, "sandbox.backend=gvisor", "pool.size=1", "pool.slots_per_sandbox=2", f"rest.api_keys_file={keys}",
+        f"sandbox.memory_mb={SANDBOX_MEMORY_MB}",
         f"sandbox.name_prefix=e2e-hostile-{os.getpid()}", timeout=300,
     ) as ex:
         yield ex
@@ -442,3 +444,28 @@ def test_process_backend_runs_cannot_snoop_or_trace() -> None:
             assert (r.status, r.observation) == (OK, "[] False"), (r.status, r.stdout, r.stderr)
             assert holder.result().observation == "held"
         assert_still_serves(stub)
+
+
+# -- 7: a sandbox's memory is bounded as a whole, not only per process (last: it costs a sandbox) -----
+
+HOG = """
+import os
+children = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        x = bytearray(700 * 1024 * 1024)  # under the per-run RLIMIT_AS (1 GiB)
+        for i in range(0, len(x), 4096):
+            x[i] = 1
+        os._exit(0)
+    children.append(pid)
+ok = sum(os.waitpid(pid, 0)[1] == 0 for pid in children)
+print("allocated", ok)
+"""
+
+
+def test_a_sandbox_cannot_take_more_memory_than_its_own(gv: Executor) -> None:
+    stub = gv.stub()
+    r = execute(stub, HOG, isolation=STRICT, timeout_seconds=60, deadline=120)
+    assert r.observation != "allocated 3", (r.status, r.observation, r.message)  # 2.1 GB > the sandbox's 1.5
+    assert_still_serves(stub)  # in a fresh sandbox when the old one was killed

@@ -27,6 +27,7 @@ log = get_logger("torl.executor.sandbox.gvisor")
 # its own IPC namespace (CAP_SYS_ADMIN, for unshare) and to kill and clean up after it; run
 # processes end up with no capabilities at all.
 AGENT_CAPABILITIES = ["CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_SYS_ADMIN"]
+CFS_PERIOD_US = 100_000
 MERGED_USR_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
 
 
@@ -86,6 +87,12 @@ def oci_spec(root: Path, layout: Layout, args: list[str], settings: SandboxSetti
         "mounts": mounts,
         "linux": {
             "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            # The sandbox's cgroup (runsc names it after the container): memory and CPU of the whole
+            # sandbox, whatever the runs in it do (RLIMIT_AS alone bounds one process only).
+            "resources": {
+                "memory": {"limit": settings.memory_mb * 1024 * 1024},
+                "cpu": {"quota": int(settings.cpus * CFS_PERIOD_US), "period": CFS_PERIOD_US},
+            },
         },
     }
 
