@@ -491,11 +491,14 @@ def descendants(root: int) -> list[int]:
 
 
 def remove_path(path: str) -> bool:
-    """Remove a file, link or tree, whatever a run did to its modes; False when something stayed."""
+    """Remove a file, link or tree, whatever a run did to the modes inside it (never touching the
+    mode of the directory that holds `path`); False when something stayed."""
+    holder = os.path.dirname(path)
 
     def retry(func: Any, p: str, _exc: Any) -> None:  # a run may have made a directory unwritable
         with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
+            if os.path.dirname(p) != holder:
+                os.chmod(os.path.dirname(p), 0o700)
             if os.path.isdir(p) and not os.path.islink(p):
                 os.chmod(p, 0o700)
             func(p)
