@@ -931,7 +931,7 @@ class Agent:
             self.reap()
         else:
             clean = False
-        live = {r.id for r in self.runs.values()}
+        live = {r.id for r in self.runs.values()} | {f"warm-up-{pid}" for pid in self.procs}  # a spare warming up
         for name in os.listdir(SCRATCH):
             path = os.path.join(SCRATCH, name)
             if name == "runs" and path == RUN_ROOT:
