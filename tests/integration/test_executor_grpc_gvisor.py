@@ -261,11 +261,12 @@ def test_many_concurrent_requests_none_lost(ex: Executor) -> None:
     assert [r.observation for r in results] == [str(i + 1) for i in range(n)]
 
 
-def test_thousand_concurrent_calls_and_a_batch_none_lost(ex: Executor) -> None:
-    """1,000 concurrent Execute calls plus one ExecuteBatch of 250 runs on a pool of 2 sandboxes x 2
-    slots: every call is answered (queued, not dropped), in order, with its own result."""
+def test_hundreds_of_concurrent_calls_and_a_batch_none_lost(ex: Executor) -> None:
+    """400 concurrent Execute calls plus one ExecuteBatch of 100 runs on a pool of 2 sandboxes x 2
+    slots: every call is answered (queued, not dropped), in order, with its own result. (Every run is
+    a fresh process, forked under gVisor's ptrace platform: a few hundred runs take tens of seconds.)"""
     stub = ex.stub()
-    n, batch_n = 1000, 250
+    n, batch_n = 400, 100
     futures = [
         stub.Execute.future(
             executor_pb2.ExecuteRequest(code=f"print({i} * 3)", request_id=f"c{i}", isolation=SESSION,
