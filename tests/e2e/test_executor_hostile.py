@@ -37,7 +37,7 @@ from tests.integration.executor_helpers import (
 )
 from torl.v1 import common_pb2, executor_pb2
 
-pytestmark = [pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.timeout(420), pytest.mark.gvisor]
 OK = common_pb2.TOOL_STATUS_OK
 SESSION = executor_pb2.ISOLATION_SESSION
 STRICT = executor_pb2.ISOLATION_STRICT
