@@ -158,11 +158,10 @@ class Executor:
         """Run one request. Raises InvalidArgument for a malformed request; all else is a status."""
         timeout, memory, isolation = self.validate(req, caller)
         rid = req.request_id or uuid.uuid4().hex
-        # Sandboxes belong to a caller (per isolation level); session workers inside them to one
-        # session of that caller. Keying sandboxes by session too would make a caller with more
-        # sessions than sandboxes (the rollout's replicas) hand sandboxes back and forth forever.
+        # Sandboxes belong to a caller (per isolation level); every run in them is a fresh process.
+        # Keying sandboxes by session too would make a caller with more sessions than sandboxes
+        # (the rollout's replicas) hand sandboxes back and forth forever.
         tenant = f"{isolation}:{caller.name}"
-        session = f"{tenant}:{req.session_id}" if isolation == "session" else tenant
         job = Job(
             run_id=uuid.uuid4().hex,
             code=req.code,
@@ -172,7 +171,6 @@ class Executor:
             memory_mb=memory,
             max_output_bytes=self.settings.limits.max_output_bytes,
             isolation=isolation,
-            session=session,
         )
         t0 = time.monotonic()
         try:

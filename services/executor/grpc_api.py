@@ -199,7 +199,7 @@ class RemoteRunners:
     """The gateway's RunService: forwards runs to runner processes over gRPC.
 
     Session runs of one caller always go to the same runner (hash of caller + session id), so a
-    session keeps its worker; strict runs are spread round-robin.
+    session's runs share that runner's sandboxes; strict runs are spread round-robin.
     """
 
     def __init__(

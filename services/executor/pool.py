@@ -1,13 +1,12 @@
 """The pool of pre-started sandboxes and the fair dispatch of runs onto them.
 
 Each sandbox belongs to at most one *tenant* at a time: a caller's strict runs
-(`strict:<caller>`) or a caller's session runs (`session:<caller>`; inside the sandbox each
-session id gets its own workers), so runs of different callers never share a sandbox or a
-worker. A fresh sandbox is claimed by the first tenant that needs one; a tenant with no sandbox
-left takes one over from the tenant holding the most, which is drained and restarted clean first
-(handover). Sandboxes are also replaced after
-`recycle_after_runs` runs and after any fault; replacements start in the background, off the
-request path.
+(`strict:<caller>`) or a caller's session runs (`session:<caller>`; inside the sandbox every
+run is a fresh process), so runs of different callers never share a sandbox or a process. A
+fresh sandbox is claimed by the first tenant that needs one; a tenant with no sandbox left takes
+one over from the tenant holding the most, which is drained and restarted clean first (handover).
+Sandboxes are also replaced after `recycle_after_runs` runs and after any fault; replacements
+start in the background, off the request path.
 
 Dispatch is FIFO: waiters are served in arrival order, skipping only those whose tenant has no
 free slot right now (so one busy tenant cannot block the others).

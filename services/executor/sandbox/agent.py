@@ -553,7 +553,7 @@ class ZygoteLost(Exception):
 
 
 class Proc:
-    """A forked spare or worker and the agent's ends of its pipes."""
+    """A forked spare (idle, or running its one run) and the agent's ends of its pipes."""
 
     def __init__(self, pid: int, job_w: int, out_r: int, err_r: int, status_r: int) -> None:
         self.pid = pid
@@ -720,7 +720,7 @@ class Agent:
             self.start_run(self.waiting.popleft())
 
     def discard(self, proc: Proc) -> None:
-        """Kill a spare/worker and its whole session, forget it (idempotent)."""
+        """Kill a spare and its whole session, forget it (idempotent)."""
         if proc.closed:
             return
         with contextlib.suppress(OSError):
@@ -899,7 +899,7 @@ class Agent:
             return False
 
     def sweep(self) -> bool:
-        """Kill every process that no live spare/worker/run owns; remove unowned files in SCRATCH.
+        """Kill every process that no live spare or run owns; remove unowned files in SCRATCH.
         In process mode only processes in the agent's own tree are candidates (the pod's others,
         the service included, are not the agent's to kill)."""
         me = os.getpid()

@@ -58,14 +58,12 @@ class Job:
     memory_mb: int
     max_output_bytes: int
     isolation: IsolationMode
-    session: str
 
     def frame(self) -> dict[str, Any]:
         return {
             "op": "run",
             "id": self.run_id,
             "mode": self.isolation,
-            "session": self.session,
             "code": self.code,
             "stdin": base64.b64encode(self.stdin).decode("ascii"),
             "files": [[p, base64.b64encode(c).decode("ascii")] for p, c in self.files],
