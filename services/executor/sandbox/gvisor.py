@@ -28,6 +28,10 @@ log = get_logger("torl.executor.sandbox.gvisor")
 # processes end up with no capabilities at all.
 AGENT_CAPABILITIES = ["CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_SYS_ADMIN"]
 CFS_PERIOD_US = 100_000
+LIMITS_WARNING = (
+    "gVisor sandboxes run WITHOUT their memory and CPU limits (sandbox.memory_mb, sandbox.cpus): runsc could "
+    "not apply cgroup limits here; a sandbox is bounded only by RLIMIT_AS per run times its process limit"
+)
 MERGED_USR_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin": "usr/sbin"}
 
 
@@ -49,7 +53,9 @@ def make_rootfs(root: Path, layout: Layout) -> None:
             point.touch(exist_ok=True)
 
 
-def oci_spec(root: Path, layout: Layout, args: list[str], settings: SandboxSettings) -> dict[str, Any]:
+def oci_spec(
+    root: Path, layout: Layout, args: list[str], settings: SandboxSettings, limits: bool = True
+) -> dict[str, Any]:
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {
@@ -66,6 +72,14 @@ def oci_spec(root: Path, layout: Layout, args: list[str], settings: SandboxSetti
         {"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096},
         {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
     ]
+    linux: dict[str, Any] = {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]}
+    if limits:
+        # The sandbox's cgroup (runsc names it after the container): memory and CPU of the whole
+        # sandbox, whatever the runs in it do (RLIMIT_AS alone bounds one process only).
+        linux["resources"] = {
+            "memory": {"limit": settings.memory_mb * 1024 * 1024},
+            "cpu": {"quota": int(settings.cpus * CFS_PERIOD_US), "period": CFS_PERIOD_US},
+        }
     return {
         "ociVersion": "1.0.0",
         "process": {
@@ -85,15 +99,7 @@ def oci_spec(root: Path, layout: Layout, args: list[str], settings: SandboxSetti
         "root": {"path": str(root), "readonly": True},
         "hostname": "sandbox",
         "mounts": mounts,
-        "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-            # The sandbox's cgroup (runsc names it after the container): memory and CPU of the whole
-            # sandbox, whatever the runs in it do (RLIMIT_AS alone bounds one process only).
-            "resources": {
-                "memory": {"limit": settings.memory_mb * 1024 * 1024},
-                "cpu": {"quota": int(settings.cpus * CFS_PERIOD_US), "period": CFS_PERIOD_US},
-            },
-        },
+        "linux": linux,
     }
 
 
@@ -109,6 +115,7 @@ class GVisorBackend(Backend):
         self.bundles = self.state / "bundles"
         self.rootfs = self.state / "rootfs"
         self.runsc = shutil.which(settings.runsc_path) or settings.runsc_path
+        self.limits_enforced = True  # sandbox.memory_mb / sandbox.cpus (False: runsc could not apply them here)
 
     def _runsc(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -122,17 +129,30 @@ class GVisorBackend(Backend):
     def _global_flags(self) -> list[str]:
         return [f"--platform={self.settings.runsc_platform}", "--network=none"]
 
+    def health_warnings(self) -> list[str]:
+        return [] if self.limits_enforced else [LIMITS_WARNING]
+
     def check(self) -> None:
-        """Start one real container from a bundle and expect it to answer."""
+        """Start one real container from a bundle and expect it to answer; with the sandbox's memory
+        and CPU limits when runsc can apply them here, else without (loudly: /healthz warns)."""
         if shutil.which(self.runsc) is None:
             raise SandboxError(f"runsc not found ({self.settings.runsc_path})")
         if os.geteuid() != 0:
             raise SandboxError("the gVisor backend needs root to run OCI bundles")
         self.prepare()
+        try:
+            self._check_container(limits=True)
+        except SandboxError as e:
+            self._check_container(limits=False)
+            self.limits_enforced = False
+            log.error("sandbox_limits_not_enforced", reason=str(e), warning=LIMITS_WARNING)
+
+    def _check_container(self, limits: bool) -> None:
         name = f"{self.settings.name_prefix}-check-{os.getpid()}"
         bundle = self.bundles / name
         bundle.mkdir(parents=True, exist_ok=True)
-        spec = oci_spec(self.rootfs, self.layout, [self.layout.python, "-I", "-c", "print('ok')"], self.settings)
+        code = [self.layout.python, "-I", "-c", "print('ok')"]
+        spec = oci_spec(self.rootfs, self.layout, code, self.settings, limits=limits)
         (bundle / "config.json").write_text(json.dumps(spec))
         cmd = [self.runsc, "--root", str(self.runsc_root), *self._global_flags(), "run", "--bundle", str(bundle)]
         try:
@@ -166,7 +186,8 @@ class GVisorBackend(Backend):
     def launch_command(self, name: str, agent_args: list[str]) -> list[str]:
         bundle = self.bundles / name
         bundle.mkdir(parents=True, exist_ok=True)
-        (bundle / "config.json").write_text(json.dumps(oci_spec(self.rootfs, self.layout, agent_args, self.settings)))
+        spec = oci_spec(self.rootfs, self.layout, agent_args, self.settings, limits=self.limits_enforced)
+        (bundle / "config.json").write_text(json.dumps(spec))
         return [self.runsc, "--root", str(self.runsc_root), *self._global_flags(), "run", "--bundle", str(bundle), name]
 
     def destroy(self, name: str) -> None:
