@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -203,9 +204,19 @@ except grpc.RpcError as e:
 """
 
 
-def test_code_on_a_runner_cannot_impersonate_the_gateway() -> None:
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temp dir under /tmp (a non-root service uid can reach it), removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="torl-hostile-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_code_on_a_runner_cannot_impersonate_the_gateway(open_tmp: Path) -> None:
     """As in a Kubernetes runner pod: process backend, a non-root service uid, runs in its network namespace."""
-    tmp = Path(tempfile.mkdtemp(prefix="torl-hostile-runner-"))  # under /tmp: reachable by the service's uid
+    tmp = open_tmp
     uid = 20000 + os.getpid() % 10000
     wrap = None
     if os.geteuid() == 0:
@@ -424,8 +435,8 @@ print(found, traced)
 """
 
 
-def test_process_backend_runs_cannot_snoop_or_trace() -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="torl-hostile-process-"))
+def test_process_backend_runs_cannot_snoop_or_trace(open_tmp: Path) -> None:
+    tmp = open_tmp
     uid = 20000 + (os.getpid() + 1) % 10000
     wrap = None
     if os.geteuid() == 0:
