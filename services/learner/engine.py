@@ -116,6 +116,7 @@ class TrainEngine:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         ds_config = deepspeed_config(cfg)
+        model: Any  # a transformers PreTrainedModel
         if cfg.zero_stage == 3:
             model = self._build_partitioned(Path(model_dir), ds_config)
         else:
@@ -132,7 +133,7 @@ class TrainEngine:
         )
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
 
-    def _build_partitioned(self, model_dir: Path, ds_config: dict[str, Any]) -> torch.nn.Module:
+    def _build_partitioned(self, model_dir: Path, ds_config: dict[str, Any]) -> Any:
         """ZeRO-3: build the model under zero.Init (each parameter is created as this rank's shard),
         then fill it one parameter at a time: rank 0 reads the tensor and scatters it into the shards."""
         import deepspeed
