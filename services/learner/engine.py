@@ -141,7 +141,9 @@ class TrainEngine:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         config = AutoConfig.from_pretrained(str(model_dir))
-        with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=torch.float32):
+        # dtype comes from the config (fp32, or bf16/fp16 when enabled): an explicit dtype is
+        # overridden with bf16 on an accelerator without fp16 (the CPU) by zero.Init itself.
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):
             model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
         index = model_dir / "model.safetensors.index.json"
         files = (sorted({model_dir / f for f in json.loads(index.read_text())["weight_map"].values()})

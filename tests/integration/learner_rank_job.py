@@ -53,7 +53,8 @@ def main() -> None:
     engine = TrainEngine(spec["model"], cfg, grpo)
     forwards = [0]
     layer = getattr(engine.module, "model").layers[0]  # noqa: B009  (typed as Module; the HF decoder here)
-    layer.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    # A pre-hook: the non-reentrant recompute stops once it has what backward needs, before forward hooks run.
+    layer.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     if not ranks.is_main:
         serve_rank(engine, ranks)
         return
