@@ -77,6 +77,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out / "weights.safetensors"))
     result["param_dtype"] = str(next(engine.module.parameters()).dtype)
+    masters = (getattr(engine.optimizer, "single_partition_of_fp32_groups", None)
+               or getattr(engine.optimizer, "fp32_partitioned_groups_flat", None) or [])
+    result["master_dtype"] = str(masters[0].dtype) if masters else ""
+    result["master_device"] = str(masters[0].device) if masters else ""
     result["gradient_checkpointing"] = bool(getattr(engine.module, "is_gradient_checkpointing", False))
     (out / "result.json").write_text(json.dumps(result))
     group.close()

@@ -8,6 +8,7 @@ node, ZeRO-3 on 1 rank, and ZeRO-2 on 2 "nodes" of one rank each (two torchrun l
 checkpoint resumes on 1 rank and a 1-rank checkpoint on 2 (weights consolidated with DeepSpeed's
 zero_to_fp32; the optimizer's moments restart, so the reference step starts a fresh AdamW too).
 The 1-rank run has gradient checkpointing on: the first decoder layer runs twice per micro-batch.
+A last run takes the bf16 + optimizer-offload options: bf16 parameters, fp32 master weights.
 """
 
 from __future__ import annotations
@@ -147,3 +148,18 @@ def test_two_ranks_match_one_and_checkpoints_move_between_rank_counts(model_root
     assert r3["world_size"] == 2 and r3["state"]["world_size"] == 1
     assert r3["forwards_layer0"] == 2  # no gradient checkpointing: once per micro-batch
     assert_close(load_weights(root / "z2n2" / "weights.safetensors"), reference_step(root, w2), w2)
+
+
+def test_bf16_and_optimizer_offload_take_effect(model_root: Path) -> None:
+    root = model_root
+    run_jobs([[sys.executable, JOB, spec(root, "bf16", 2, precision="bf16", offload_optimizer=True)]])
+    r = json.loads((root / "bf16" / "result.json").read_text())
+    assert r["param_dtype"] == "torch.bfloat16"  # the model trains in bf16 ...
+    assert r["master_dtype"] == "torch.float32" and r["master_device"] == "cpu"  # ... on fp32 master weights
+    assert r["sequences"] == 5 and r["grad_norm"] > 0.0
+    from transformers import AutoModelForCausalLM
+
+    base = {n: p.detach() for n, p in
+            AutoModelForCausalLM.from_pretrained(str(root / "model"), torch_dtype=torch.float32).named_parameters()}
+    got = load_weights(root / "bf16" / "weights.safetensors")
+    assert max(float((got[n] - base[n]).abs().max()) for n in got) > LR / 2  # the step moved the weights
