@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from torl.cli.local import Child, Supervisor, free_port, torchrun_args
+from torl.cli.placement import PlacementSettings, wiring
 from torl.common.config import ConfigError, StrictModel, read_config_file
 from torl.common.files import write_json_atomic
 
@@ -51,6 +52,10 @@ class TrainCommandSettings(StrictModel):
         1, ge=1, le=64,
         description="Run the learner as this many data-parallel ranks under torchrun (gloo on CPU, one per GPU "
         "with CUDA); rank 0 serves and orchestrates, the others train their share of each step.",
+    )
+    placement: PlacementSettings = Field(
+        default_factory=lambda: PlacementSettings(),
+        description="GPUs of rollout and learner on this machine (cpu: none; separate; shared with fractions).",
     )
 
 
@@ -146,10 +151,11 @@ def start_prometheus(sup: Supervisor, stack: Stack) -> str:
 
 def start_stack(sup: Supervisor, stack: Stack, config: Path | None, sets: dict[str, list[str]],
                 timeout: float, services: tuple[str, ...] = SERVICE_ORDER, prometheus: bool = False,
-                learner_ranks: int = 1) -> None:
+                learner_ranks: int = 1, env: dict[str, dict[str, str]] | None = None) -> None:
     """Redis first, then `services` in dependency order, each waited for until healthy; their
     /metrics ports go to <run_dir>/prometheus/targets.json (and, with `prometheus`, to a server).
-    With `learner_ranks` > 1 the learner runs under torchrun on this node."""
+    With `learner_ranks` > 1 the learner runs under torchrun on this node; `env` adds to a service's
+    environment (the GPU placement)."""
     from torl.cli.monitoring import write_config, write_targets
 
     stack.metrics_ports = {name: free_port() for name in services}
@@ -172,7 +178,7 @@ def start_stack(sup: Supervisor, stack: Stack, config: Path | None, sets: dict[s
         print(f"starting {name:<9} ...", end="", flush=True)
         t0 = time.monotonic()
         launcher = torchrun_args(learner_ranks, free_port()) if name == "learner" and learner_ranks > 1 else []
-        child = sup.start_service(name, stack.ports[name], extra, launcher=launcher)
+        child = sup.start_service(name, stack.ports[name], extra, launcher=launcher, env=(env or {}).get(name))
         sup.wait_healthy(child, timeout)
         stack.children[name] = child
         print(f" SERVING on {child.grpc_target}, /metrics on 127.0.0.1:{stack.metrics_ports[name]} "
@@ -298,11 +304,17 @@ def run_train(config: Path, sets_extra: list[str] | None = None, prometheus: boo
         cfg.run_dir = str(run_dir_override)
     if learner_ranks is not None:
         cfg.learner_ranks = learner_ranks
+    try:
+        placed = wiring(cfg.placement, cfg.learner_ranks)
+    except ValueError as e:
+        raise ConfigError(f"config error: {e}") from None
     run_dir = Path(cfg.run_dir)
     ports = {name: free_port() for name in SERVICE_ORDER}
     stack = Stack(run_dir, cfg.run_id, free_port(), ports)
     # Validate first with a placeholder model dir; the real one is built below.
     sets = service_sets(stack, "", train=False)
+    for name, extra in placed.sets.items():
+        sets[name] += extra
     sets["learner"] += list(sets_extra or [])
     validate_all(config, sets, prometheus)
     if cfg.fresh:
@@ -315,10 +327,12 @@ def run_train(config: Path, sets_extra: list[str] | None = None, prometheus: boo
         try:
             model_dir = prepare_model(cfg)
             sets = service_sets(stack, model_dir, train=True)
+            for name, extra in placed.sets.items():
+                sets[name] += extra
             sets["learner"] += list(sets_extra or [])
             learner_settings: Any = build_settings("learner", config, sets["learner"])
             start_stack(sup, stack, config, sets, cfg.start_timeout_seconds, prometheus=prometheus,
-                        learner_ranks=cfg.learner_ranks)
+                        learner_ranks=cfg.learner_ranks, env=placed.env)
             total = int(learner_settings.loop.total_steps)
             print(f"training {total} steps (run {cfg.run_id}; learner {cfg.learner_ranks} rank(s), "
                   f"log {stack.children['learner'].log_path})", flush=True)

@@ -61,6 +61,11 @@ class EngineSettings(StrictModel):
         False, description="ZeRO-Offload: keep the optimizer state (fp32 master, Adam moments) in CPU memory "
         "(needs zero_stage >= 1)."
     )
+    cuda_memory_fraction: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Cap this rank's PyTorch CUDA allocator at this share of its GPU (0 = no cap); for a GPU "
+        "shared with rollout (torl train's placement mode shared).",
+    )
     dist_timeout_seconds: float = Field(
         600.0, ge=10.0, le=86_400.0,
         description="Process-group timeout: a collective that does not complete in this time fails the job "

@@ -115,6 +115,8 @@ class TrainEngine:
         self.device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if backend == "nccl" else "cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+            if cfg.cuda_memory_fraction:
+                torch.cuda.set_per_process_memory_fraction(cfg.cuda_memory_fraction, self.device)
         ds_config = deepspeed_config(cfg)
         model: Any  # a transformers PreTrainedModel
         if cfg.zero_stage == 3:
