@@ -20,7 +20,6 @@ re-reads the pending groups; ids make re-application impossible.
 from __future__ import annotations
 
 import json
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from torl.learner.grpo import Sample, samples_from_group
 from torl.learner.ledger import Counters, Ledger
 from torl.learner.publisher import WeightPublisher
 from torl.learner.ranks import RankGroup, RankInfo
-from torl.learner.sink import MetricsSink, trajectory_stats
+from torl.learner.sink import MetricsSink, step_row
 from torl.learner.source import StepData, TrainingError, TrainSource
 from torl.learner.weight_sync import replica_targets
 from torl.v1 import common_pb2, trajectory_pb2
@@ -192,32 +191,10 @@ class Orchestrator:
             export_hf(self.engine, self.out / "hf", self.step, self.s.model_dir)
         t_end = time.perf_counter()
 
-        row: dict[str, Any] = {
-            "step": self.step,
-            "version": f"{self.incarnation}:{self.step}",
-            "time": time.time(),
-            **trajectory_stats(data.groups),
-            "groups": len(data.groups),
-            "sequences_trained": result.sequences,
-            "trained_tokens": total_tokens,
-            "loss": result.loss,
-            "grad_norm": result.grad_norm,
-            **result.stats.summary(),
-            "learner_ranks": self.ranks.world_size,
-            "staleness_mean": statistics.fmean(data.staleness) if data.staleness else 0.0,
-            "staleness_max": max(data.staleness, default=0),
-            **{f"groups_{k}_total": v for k, v in self.counters.as_dict().items()},
-            "wait_seconds": t_data - t0,
-            "forward_backward_seconds": result.forward_backward_seconds,
-            "optimizer_seconds": result.optimizer_seconds,
-            "train_seconds": t_train - t_data,
-            "weight_push_seconds": push_seconds,
-            "weight_push_failed_replicas": push_failed,
-            "weight_repushes_total": self.publisher.repushes,
-            "checkpoint_seconds": ckpt_seconds,
-            "step_seconds": t_end - t0,
-            "generation_seconds_mean": statistics.fmean([g.generation_seconds for g in data.groups]),
-        }
+        row = step_row(self.step, self.version, data, result, total_tokens, self.counters.as_dict(),
+                       {"wait": t_data - t0, "train": t_train - t_data, "weight_push": push_seconds,
+                        "checkpoint": ckpt_seconds, "step": t_end - t0},
+                       push_failed=push_failed, repushes=self.publisher.repushes, ranks=self.ranks.world_size)
         row.update(self.redis_stats())
         if self.s.loop.eval_every and self.step % self.s.loop.eval_every == 0:
             row.update({f"eval_{k}": v for k, v in self.evaluate().items()})

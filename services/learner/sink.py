@@ -1,6 +1,7 @@
 """The metrics sink: one row per step (and per evaluation) to metrics.jsonl, Prometheus, the trackers.
 
-`trajectory_stats` reduces a step's groups to the reward, accuracy, tool-use and length figures;
+`trajectory_stats` reduces a step's groups to the reward, accuracy, tool-use and length figures,
+`step_row` makes the step's row of them and of the step's timings and counters;
 `MetricsSink.record` writes a row to metrics.jsonl (what `torl report` and the progress bar read),
 sets the learner's Prometheus series, writes a few sample responses to samples.jsonl and, when
 configured, forwards the scalars to TensorBoard and Weights & Biases.
@@ -9,14 +10,20 @@ configured, forwards the scalars to TensorBoard and Weights & Biases.
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torl.common.logging import get_logger
 from torl.learner import metrics as m
 from torl.learner.config import TrackingSettings
 from torl.v1 import common_pb2, trajectory_pb2
+
+if TYPE_CHECKING:
+    from torl.learner.engine import StepResult
+    from torl.learner.source import StepData
 
 log = get_logger("torl.learner.sink")
 TOOL_OK = common_pb2.TOOL_STATUS_OK
@@ -40,6 +47,38 @@ def trajectory_stats(groups: list[trajectory_pb2.TrajectoryGroup]) -> dict[str, 
         "code_error_rate": (sum(1 for c in calls if c.status != TOOL_OK) / len(calls)) if calls else 0.0,
         "response_tokens": sum(len(t.token_ids) for t in trajs) / n,
         "reward_by_reason": dict(reasons),
+    }
+
+
+def step_row(step: int, version: common_pb2.WeightVersion, data: StepData, result: StepResult, trained_tokens: int,
+             counters: dict[str, int], seconds: dict[str, float], *, push_failed: int, repushes: int,
+             ranks: int) -> dict[str, Any]:
+    """The metrics.jsonl row of one step (`seconds`: wait, train, weight_push, checkpoint, step)."""
+    return {
+        "step": step,
+        "version": f"{version.incarnation}:{version.step}",
+        "time": time.time(),
+        **trajectory_stats(data.groups),
+        "groups": len(data.groups),
+        "sequences_trained": result.sequences,
+        "trained_tokens": trained_tokens,
+        "loss": result.loss,
+        "grad_norm": result.grad_norm,
+        **result.stats.summary(),
+        "learner_ranks": ranks,
+        "staleness_mean": statistics.fmean(data.staleness) if data.staleness else 0.0,
+        "staleness_max": max(data.staleness, default=0),
+        **{f"groups_{k}_total": v for k, v in counters.items()},
+        "wait_seconds": seconds["wait"],
+        "forward_backward_seconds": result.forward_backward_seconds,
+        "optimizer_seconds": result.optimizer_seconds,
+        "train_seconds": seconds["train"],
+        "weight_push_seconds": seconds["weight_push"],
+        "weight_push_failed_replicas": push_failed,
+        "weight_repushes_total": repushes,
+        "checkpoint_seconds": seconds["checkpoint"],
+        "step_seconds": seconds["step"],
+        "generation_seconds_mean": statistics.fmean([g.generation_seconds for g in data.groups]),
     }
 
 
