@@ -231,8 +231,10 @@ def resident_bytes(engine: Any) -> int:
     for group in inner.param_groups:
         for p in group["params"]:
             add(p)
-            for v in inner.state.get(p, {}).values():
-                add(v)
+    # By its keys, not param_groups: ZeRO-3 puts each fp32 partition into the group only for its step.
+    for state in inner.state.values():
+        for v in state.values():
+            add(v)
     return total
 
 
@@ -248,7 +250,7 @@ def rank_job(spec: dict[str, Any]) -> int:
 
     ranks = RankInfo.from_env()
     cfg = EngineSettings(zero_stage=spec["stage"], lr=1e-5, micro_batch_size=spec["micro_batch_size"],
-                         torch_threads=1, dist_timeout_seconds=1800)
+                         torch_threads=spec.get("threads", 1), dist_timeout_seconds=1800)
     engine = TrainEngine(spec["model"], cfg, GrpoSettings())
     rng = random.Random(0)
     vocab = int(engine.model_config.vocab_size)
@@ -306,15 +308,16 @@ def ranks_axis(run_dir: Path) -> int:
     from torl.cli.up import TrainCommandSettings, prepare_model
 
     result: dict[str, Any] = {"cpu_count": os.cpu_count()}
-    tiny = prepare_model(TrainCommandSettings())
+    tiny = prepare_model(TrainCommandSettings(model="tiny"))  # the demo architecture; its training does not matter
     demo = {"sequences": 64, "prompt_tokens": 24, "response_tokens": 80, "micro_batch_size": 16, "steps": 5}
-    for world in (1, 2):
-        per_rank = launch_ranks(tiny, world, 2, run_dir / f"demo-z2-{world}", **demo)
+    # 1 rank x 1 thread, 1 rank x 2 threads (the same cores as 2 ranks), 2 ranks x 1 thread.
+    for world, threads in ((1, 1), (1, 2), (2, 1)):
+        per_rank = launch_ranks(tiny, world, 2, run_dir / f"demo-z2-{world}x{threads}", threads=threads, **demo)
         step = statistics.median(max(r["step_seconds"][i] for r in per_rank) for i in range(demo["steps"]))
-        result[f"demo_zero2_ranks{world}"] = {
+        result[f"demo_zero2_ranks{world}_threads{threads}"] = {
             "step_seconds_p50": step, "resident_bytes_per_rank": [r["resident_bytes"] for r in per_rank],
             "max_rss_bytes_per_rank": [r["max_rss_bytes"] for r in per_rank]}
-        print(f"demo model, ZeRO-2, {world} rank(s): step p50 {step:.3f} s; resident "
+        print(f"demo model, ZeRO-2, {world} rank(s) x {threads} thread(s): step p50 {step:.3f} s; resident "
               f"{[round(r['resident_bytes'] / 2**20, 1) for r in per_rank]} MiB per rank", flush=True)
     big = build_100m(ROOT / ".cache" / "models" / "qwen2-110m-random")
     spec = {"sequences": 8, "prompt_tokens": 16, "response_tokens": 48, "micro_batch_size": 4, "steps": 1}
