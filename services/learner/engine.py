@@ -322,7 +322,8 @@ class TrainEngine:
                     p.data.copy_(sd[name].contiguous().to(p.dtype))
         self.optimizer.refresh_fp32_params()
         states = sorted((directory / tag).glob("*model_states.pt"))
-        state = torch.load(states[0], map_location="cpu", weights_only=False)
+        # mmap: only the pickled client state is read, not the module tensors the file may also hold.
+        state = torch.load(states[0], map_location="cpu", weights_only=False, mmap=True)
         return dict(state.get("torl") or {})
 
     def export_hf(self, directory: Path, tokenizer_dir: str | Path | None = None) -> None:
