@@ -49,3 +49,15 @@ def test_train_section_reads_placement_and_ranks(tmp_path: Path) -> None:
     f.write_text("train:\n  learner_ranks: 2\n  placement:\n    mode: separate\n    learner_devices: '1,2'\n")
     cfg = load_train_section(f)
     assert cfg.learner_ranks == 2 and cfg.placement.learner_devices == "1,2"
+
+
+def test_torl_train_refuses_a_placement_that_does_not_fit_its_ranks(tmp_path: Path) -> None:
+    """--learner-ranks reaches the placement check, which fails before anything starts."""
+    from torl.cli.up import run_train
+    from torl.common.config import ConfigError
+
+    f = tmp_path / "run.yaml"
+    f.write_text(f"train:\n  run_dir: {tmp_path / 'run'}\n  placement:\n    mode: shared\n")
+    with pytest.raises(ConfigError, match="learner_ranks must be 1"):
+        run_train(f, learner_ranks=2)
+    assert not (tmp_path / "run").exists()
