@@ -76,7 +76,10 @@ def main() -> None:
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out / "weights.safetensors"))
-    result["param_dtype"] = str(next(engine.module.parameters()).dtype)
+    params = list(engine.module.parameters())
+    result["param_dtype"] = str(params[0].dtype)
+    result["param_numel"] = sum(int(getattr(p, "ds_numel", p.numel())) for p in params)
+    result["local_param_numel"] = sum(int(getattr(p, "ds_tensor", p).numel()) for p in params)
     masters = (getattr(engine.optimizer, "single_partition_of_fp32_groups", None)
                or getattr(engine.optimizer, "fp32_partitioned_groups_flat", None) or [])
     result["master_dtype"] = str(masters[0].dtype) if masters else ""
