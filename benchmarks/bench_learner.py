@@ -14,6 +14,19 @@ and prints step time / (rollout alone + train alone) — the orchestration overh
 demo model with --model). Writes benchmarks/results/learner.json.
 
     nice .venv/bin/python benchmarks/bench_learner.py --model runs/demo/learner/hf/step_60 --steps 20
+
+`--ranks` runs the ranks axis instead (no services; writes benchmarks/results/learner_ranks.json):
+the learner engine as 1 and 2 CPU ranks (gloo, under torchrun) on the same step's batch, every
+rank running its share exactly as in a real step (torl.learner.ranks.shard, then
+train_micro_batches):
+
+3. step time and memory per rank with the demo's tiny model (ZeRO-2), 1 vs 2 ranks;
+4. ZeRO-3 per-rank resident parameter + optimizer memory with a ~110M-parameter Qwen2 model,
+   1 vs 2 ranks (target: 2 ranks <= 0.6x of 1 rank). "Resident" counts the bytes of every distinct
+   tensor storage this rank holds for the model: parameter shards, fp32 master partitions, Adam
+   moments (after one step, when Adam has made them); peak RSS is reported beside it.
+
+    nice .venv/bin/python benchmarks/bench_learner.py --ranks
 """
 
 from __future__ import annotations
@@ -38,9 +51,15 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20, help="Training steps per staleness mode.")
     ap.add_argument("--batches", type=int, default=5, help="Stand-alone rollout batches.")
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "bench-learner"))
+    ap.add_argument("--ranks", action="store_true", help="Run the ranks axis (1 vs 2 CPU ranks) instead.")
+    ap.add_argument("--rank-job", default="", help=argparse.SUPPRESS)  # one rank of the ranks axis (internal)
     args = ap.parse_args()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.rank_job:
+        return rank_job(json.loads(args.rank_job))
+    if args.ranks:
+        return ranks_axis(Path(args.run_dir))
 
     import shutil
 
@@ -179,6 +198,147 @@ def train_mode(sup: Any, stack: Any, config: Path, sets: dict[str, list[str]], k
     }
     print(f"max_staleness={k}: {json.dumps({a: round(b, 3) for a, b in res.items()})}")
     return res
+
+
+RANKS_RESULTS = ROOT / "benchmarks" / "results" / "learner_ranks.json"
+
+
+def resident_bytes(engine: Any) -> int:
+    """Bytes of the distinct storages this rank holds for parameters and optimizer state."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+
+    def add(t: Any) -> None:
+        nonlocal total
+        if not isinstance(t, torch.Tensor) or t.numel() == 0:
+            return
+        st = t.untyped_storage()
+        if st.data_ptr() in seen:
+            return
+        seen.add(st.data_ptr())
+        total += st.nbytes()
+
+    for p in engine.module.parameters():
+        add(getattr(p, "ds_tensor", p.data))
+    zero_opt = engine.optimizer
+    for name in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups", "fp16_partitioned_groups_flat",
+                 "bit16_groups_flat"):
+        for t in getattr(zero_opt, name, None) or []:
+            add(t)
+    inner = getattr(zero_opt, "optimizer", zero_opt)
+    for group in inner.param_groups:
+        for p in group["params"]:
+            add(p)
+    # By its keys, not param_groups: ZeRO-3 puts each fp32 partition into the group only for its step.
+    for state in inner.state.values():
+        for v in state.values():
+            add(v)
+    return total
+
+
+def rank_job(spec: dict[str, Any]) -> int:
+    """One rank: build the engine, run warm-up + timed steps on this rank's share, write rank<r>.json."""
+    import random
+    import resource
+
+    from torl.learner.config import EngineSettings, GrpoSettings
+    from torl.learner.engine import TrainEngine
+    from torl.learner.grpo import Sample
+    from torl.learner.ranks import RankInfo, shard
+
+    ranks = RankInfo.from_env()
+    cfg = EngineSettings(zero_stage=spec["stage"], lr=1e-5, micro_batch_size=spec["micro_batch_size"],
+                         torch_threads=spec.get("threads", 1), dist_timeout_seconds=1800)
+    engine = TrainEngine(spec["model"], cfg, GrpoSettings())
+    rng = random.Random(0)
+    vocab = int(engine.model_config.vocab_size)
+    samples = []
+    for i in range(spec["sequences"]):
+        n = spec["response_tokens"] - rng.randrange(spec["response_tokens"] // 2)
+        samples.append(Sample([rng.randrange(vocab) for _ in range(spec["prompt_tokens"])],
+                              [rng.randrange(vocab) for _ in range(n)], [-1.0] * n, [1] * n, 1.0 if i % 2 else -1.0))
+    total = sum(s.trained_tokens for s in samples)
+    mine = shard(samples, ranks.world_size, cfg.micro_batch_size)[ranks.rank]
+    times = []
+    for _ in range(spec["steps"] + 1):
+        r = engine.train_micro_batches(mine, total)
+        times.append(r.forward_backward_seconds + r.optimizer_seconds)
+    out = {"rank": ranks.rank, "world_size": ranks.world_size, "step_seconds": times[1:],
+           "resident_bytes": resident_bytes(engine.engine),
+           "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+           "parameters": sum(int(getattr(p, "ds_numel", p.numel())) for p in engine.module.parameters())}
+    Path(spec["out"], f"rank{ranks.rank}.json").write_text(json.dumps(out))
+    engine.close()
+    return 0
+
+
+def launch_ranks(model: str, world: int, stage: int, out: Path, **kw: Any) -> list[dict[str, Any]]:
+    import subprocess
+
+    from torl.cli.local import free_port, torchrun_args
+
+    out.mkdir(parents=True, exist_ok=True)
+    spec = json.dumps({"model": model, "stage": stage, "out": str(out), **kw})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    subprocess.run([sys.executable, *torchrun_args(world, free_port()), __file__, "--rank-job", spec], env=env,
+                   check=True)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def build_100m(root: Path) -> str:
+    """A Qwen2 of ~110M parameters (hidden 768, 12 layers, vocab 32000, tied), random init, saved once."""
+    if (root / "config.json").is_file():
+        return str(root)
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                      num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=512,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).save_pretrained(root)
+    return str(root)
+
+
+def ranks_axis(run_dir: Path) -> int:
+    from torl.cli.up import TrainCommandSettings, prepare_model
+
+    result: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    tiny = prepare_model(TrainCommandSettings(model="tiny"))  # the demo architecture; its training does not matter
+    demo = {"sequences": 64, "prompt_tokens": 24, "response_tokens": 80, "micro_batch_size": 16, "steps": 5}
+    # 1 rank x 1 thread, 1 rank x 2 threads (the same cores as 2 ranks), 2 ranks x 1 thread.
+    for world, threads in ((1, 1), (1, 2), (2, 1)):
+        per_rank = launch_ranks(tiny, world, 2, run_dir / f"demo-z2-{world}x{threads}", threads=threads, **demo)
+        step = statistics.median(max(r["step_seconds"][i] for r in per_rank) for i in range(demo["steps"]))
+        result[f"demo_zero2_ranks{world}_threads{threads}"] = {
+            "step_seconds_p50": step, "resident_bytes_per_rank": [r["resident_bytes"] for r in per_rank],
+            "max_rss_bytes_per_rank": [r["max_rss_bytes"] for r in per_rank]}
+        print(f"demo model, ZeRO-2, {world} rank(s) x {threads} thread(s): step p50 {step:.3f} s; resident "
+              f"{[round(r['resident_bytes'] / 2**20, 1) for r in per_rank]} MiB per rank", flush=True)
+    big = build_100m(ROOT / ".cache" / "models" / "qwen2-110m-random")
+    spec = {"sequences": 8, "prompt_tokens": 16, "response_tokens": 48, "micro_batch_size": 4, "steps": 1}
+    for world in (1, 2):
+        per_rank = launch_ranks(big, world, 3, run_dir / f"z3-110m-{world}", **spec)
+        result[f"zero3_110m_ranks{world}"] = {
+            "parameters": per_rank[0]["parameters"],
+            "resident_bytes_per_rank": [r["resident_bytes"] for r in per_rank],
+            "max_rss_bytes_per_rank": [r["max_rss_bytes"] for r in per_rank],
+            "step_seconds": max(r["step_seconds"][0] for r in per_rank)}
+        print(f"~110M model, ZeRO-3, {world} rank(s): resident "
+              f"{[round(r['resident_bytes'] / 2**20, 1) for r in per_rank]} MiB per rank, peak RSS "
+              f"{[round(r['max_rss_bytes'] / 2**20) for r in per_rank]} MiB", flush=True)
+    one = result["zero3_110m_ranks1"]["resident_bytes_per_rank"][0]
+    two = max(result["zero3_110m_ranks2"]["resident_bytes_per_rank"])
+    result["zero3_resident_ratio_2_over_1"] = two / one
+    print(f"ZeRO-3 resident parameter + optimizer memory per rank, 2 ranks / 1 rank: {two / one:.3f} (target <= 0.6)")
+    RANKS_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RANKS_RESULTS.write_text(json.dumps(result, indent=2))
+    print(f"wrote {RANKS_RESULTS}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Local process supervisor behind `torl up` and `torl train`: runs services as child processes on
 loopback ports, waits until each reports SERVING, and stops them all (SIGTERM, then SIGKILL) on
 exit or Ctrl-C so no process is left behind.
+
+`torchrun_args` is the launcher prefix for a learner of several local ranks (gloo on CPU): the
+same command the chart runs in each learner pod, on one node.
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def torchrun_args(ranks: int, master_port: int, nnodes: int = 1, node_rank: int = 0,
+                  master_addr: str = "127.0.0.1") -> list[str]:
+    """`python <these> -m torl.cli.main learner serve ...` runs the learner as `ranks` processes."""
+    return ["-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node-rank", str(node_rank),
+            "--nproc-per-node", str(ranks), "--master-addr", master_addr, "--master-port", str(master_port)]
 
 
 @dataclass
@@ -113,9 +123,13 @@ class Supervisor:
         self.children.append(child)
         return child
 
-    def start_service(self, service: str, port: int, extra: Sequence[str] = (), **kw: object) -> Child:
-        args = [sys.executable, "-m", "torl.cli.main", service, "serve", "--host", "127.0.0.1", "--port", str(port)]
-        return self.start(service, [*args, *extra], grpc_target=f"127.0.0.1:{port}", **kw)  # type: ignore[arg-type]
+    def start_service(self, service: str, port: int, extra: Sequence[str] = (), launcher: Sequence[str] = (),
+                      env: dict[str, str] | None = None, name: str = "") -> Child:
+        """`torl <service> serve` on loopback (logging to <name or service>.log); `launcher` runs it
+        under another module (torchrun's args)."""
+        args = [sys.executable, *launcher, "-m", "torl.cli.main", service, "serve", "--host", "127.0.0.1",
+                "--port", str(port)]
+        return self.start(name or service, [*args, *extra], grpc_target=f"127.0.0.1:{port}", env=env)
 
     def start_redis(self, port: int, data_dir: Path, maxmemory_mb: int = 0) -> Child:
         """Our own redis-server for this run (never a shared one); ready when it answers PING."""

@@ -252,10 +252,15 @@ def train(
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="Write logs, state and output here instead of train.run_dir.")
     ] = None,
+    learner_ranks: Annotated[
+        int | None, typer.Option("--learner-ranks", min=1, max=64,
+                                 help="Run the learner as N data-parallel ranks under torchrun (train.learner_ranks).")
+    ] = None,
 ) -> None:
     from torl.cli.up import run_train
 
-    raise typer.Exit(run_train(config, sets or [], prometheus=prometheus, run_dir_override=run_dir))
+    raise typer.Exit(run_train(config, sets or [], prometheus=prometheus, run_dir_override=run_dir,
+                               learner_ranks=learner_ranks))
 
 
 @model_app.command("pretrain", help="Pretrain a tiny model on the synthetic ToRL corpus (staged; cached).")

@@ -26,7 +26,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from torl.cli.local import Child, Supervisor, free_port
+from torl.cli.local import Child, Supervisor, free_port, torchrun_args
+from torl.cli.placement import PlacementSettings, wiring
 from torl.common.config import ConfigError, StrictModel, read_config_file
 from torl.common.files import write_json_atomic
 
@@ -47,6 +48,15 @@ class TrainCommandSettings(StrictModel):
     start_timeout_seconds: float = Field(600.0, gt=0.0, le=7200.0, description="Wait for services to be healthy.")
     fresh: bool = Field(True, description="Start from scratch: clear run_dir's learner output and Redis data.")
     report: bool = Field(True, description="Write plots and summary.md when training finishes.")
+    learner_ranks: int = Field(
+        1, ge=1, le=64,
+        description="Run the learner as this many data-parallel ranks under torchrun (gloo on CPU, one per GPU "
+        "with CUDA); rank 0 serves and orchestrates, the others train their share of each step.",
+    )
+    placement: PlacementSettings = Field(
+        default_factory=lambda: PlacementSettings(),
+        description="GPUs of rollout and learner on this machine (cpu: none; separate; shared with fractions).",
+    )
 
 
 def load_train_section(config: Path | None) -> TrainCommandSettings:
@@ -140,9 +150,12 @@ def start_prometheus(sup: Supervisor, stack: Stack) -> str:
 
 
 def start_stack(sup: Supervisor, stack: Stack, config: Path | None, sets: dict[str, list[str]],
-                timeout: float, services: tuple[str, ...] = SERVICE_ORDER, prometheus: bool = False) -> None:
+                timeout: float, services: tuple[str, ...] = SERVICE_ORDER, prometheus: bool = False,
+                learner_ranks: int = 1, env: dict[str, dict[str, str]] | None = None) -> None:
     """Redis first, then `services` in dependency order, each waited for until healthy; their
-    /metrics ports go to <run_dir>/prometheus/targets.json (and, with `prometheus`, to a server)."""
+    /metrics ports go to <run_dir>/prometheus/targets.json (and, with `prometheus`, to a server).
+    With `learner_ranks` > 1 the learner runs under torchrun on this node; `env` adds to a service's
+    environment (the GPU placement)."""
     from torl.cli.monitoring import write_config, write_targets
 
     stack.metrics_ports = {name: free_port() for name in services}
@@ -164,7 +177,8 @@ def start_stack(sup: Supervisor, stack: Stack, config: Path | None, sets: dict[s
             extra += ["--set", s]
         print(f"starting {name:<9} ...", end="", flush=True)
         t0 = time.monotonic()
-        child = sup.start_service(name, stack.ports[name], extra)
+        launcher = torchrun_args(learner_ranks, free_port()) if name == "learner" and learner_ranks > 1 else []
+        child = sup.start_service(name, stack.ports[name], extra, launcher=launcher, env=(env or {}).get(name))
         sup.wait_healthy(child, timeout)
         stack.children[name] = child
         print(f" SERVING on {child.grpc_target}, /metrics on 127.0.0.1:{stack.metrics_ports[name]} "
@@ -188,11 +202,15 @@ def write_endpoints(stack: Stack) -> Path:
     return path
 
 
-def _install_sigterm() -> None:
+def install_stop_signals() -> None:
+    """SIGTERM and SIGINT both stop the stack. SIGINT's handler is set explicitly: a process started
+    from a shell that ignores SIGINT (a background job, nohup) inherits the ignore, and Python then
+    installs no KeyboardInterrupt handler of its own, so Ctrl-C would do nothing."""
     def _raise(*_: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _raise)
+    signal.signal(signal.SIGINT, _raise)
 
 
 def run_up(run_dir: Path, check: bool, timeout: float = 300.0, config: Path | None = None,
@@ -202,7 +220,7 @@ def run_up(run_dir: Path, check: bool, timeout: float = 300.0, config: Path | No
     stack = Stack(run_dir, "up", free_port(), ports)
     sets = service_sets(stack, "", train=False)
     validate_all(config, sets, prometheus)
-    _install_sigterm()
+    install_stop_signals()
     with Supervisor(run_dir / "logs") as sup:
         try:
             start_stack(sup, stack, config, sets, timeout, prometheus=prometheus)
@@ -274,8 +292,9 @@ def follow_training(learner: Child, metrics_path: Path, total: int) -> int:
 
 
 def run_train(config: Path, sets_extra: list[str] | None = None, prometheus: bool = False,
-              run_dir_override: Path | None = None) -> int:
-    """`torl train --config F`: up + training + report (in `run_dir_override` instead of train.run_dir)."""
+              run_dir_override: Path | None = None, learner_ranks: int | None = None) -> int:
+    """`torl train --config F`: up + training + report (in `run_dir_override` instead of train.run_dir,
+    with `learner_ranks` instead of train.learner_ranks)."""
     import shutil
 
     from torl.cli.main import build_settings
@@ -283,29 +302,40 @@ def run_train(config: Path, sets_extra: list[str] | None = None, prometheus: boo
     cfg = load_train_section(config)
     if run_dir_override is not None:
         cfg.run_dir = str(run_dir_override)
+    if learner_ranks is not None:
+        cfg.learner_ranks = learner_ranks
+    try:
+        placed = wiring(cfg.placement, cfg.learner_ranks)
+    except ValueError as e:
+        raise ConfigError(f"config error: {e}") from None
     run_dir = Path(cfg.run_dir)
     ports = {name: free_port() for name in SERVICE_ORDER}
     stack = Stack(run_dir, cfg.run_id, free_port(), ports)
     # Validate first with a placeholder model dir; the real one is built below.
     sets = service_sets(stack, "", train=False)
+    for name, extra in placed.sets.items():
+        sets[name] += extra
     sets["learner"] += list(sets_extra or [])
     validate_all(config, sets, prometheus)
     if cfg.fresh:
         for sub in ("learner", "redis", "logs", "executor-state", "prometheus"):
             shutil.rmtree(run_dir / sub, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _install_sigterm()
+    install_stop_signals()
     t_start = time.monotonic()
     with Supervisor(run_dir / "logs") as sup:
         try:
             model_dir = prepare_model(cfg)
             sets = service_sets(stack, model_dir, train=True)
+            for name, extra in placed.sets.items():
+                sets[name] += extra
             sets["learner"] += list(sets_extra or [])
             learner_settings: Any = build_settings("learner", config, sets["learner"])
-            start_stack(sup, stack, config, sets, cfg.start_timeout_seconds, prometheus=prometheus)
+            start_stack(sup, stack, config, sets, cfg.start_timeout_seconds, prometheus=prometheus,
+                        learner_ranks=cfg.learner_ranks, env=placed.env)
             total = int(learner_settings.loop.total_steps)
-            print(f"training {total} steps (run {cfg.run_id}; learner log {stack.children['learner'].log_path})",
-                  flush=True)
+            print(f"training {total} steps (run {cfg.run_id}; learner {cfg.learner_ranks} rank(s), "
+                  f"log {stack.children['learner'].log_path})", flush=True)
             rc = follow_training(stack.children["learner"], Path(learner_settings.output_dir) / "metrics.jsonl",
                                  total)
             if rc != 0:

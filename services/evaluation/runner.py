@@ -4,6 +4,10 @@ Generation goes through the rollout service's `Generate` (same prompt template a
 as training; greedy with k=1 at temperature 0, or k samples); scoring in the service is skipped
 and every response is graded here with the reward library in eval mode, so evaluation and
 training share one grader. `run_local_eval` starts executor and rollout as local processes.
+
+`generate` is the one held-out generation through rollout: the learner's periodic evaluation
+(torl.learner.evaluator) calls it too, with the rollout's own scoring, its own tool budget and
+the weight version it must be served by.
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ _FAILED_CODE = (common_pb2.TOOL_STATUS_ERROR, common_pb2.TOOL_STATUS_TIMEOUT)
 class EvalOptions:
     k: int = 1
     temperature: float = 0.0
-    max_tool_calls: int = 1
+    max_tool_calls: int | None = 1  # None: the rollout's configured budget
     max_tokens: int = 0  # 0: the rollout's configured response budget
     seed: int = 0
     concurrency: int = 8
     max_prompt_tokens: int = 1024  # for a locally started rollout (ToRL trains with 400)
     deadline_seconds: float = 900.0
     tls: TlsClientSettings | None = None  # TLS / mTLS to a running rollout (--rollout)
+    score_in_rollout: bool = False  # True: keep the rollout's rewards (the learner's evaluation)
 
 
 async def generate(
@@ -44,14 +49,18 @@ async def generate(
     problems: Sequence[Problem],
     opts: EvalOptions,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    min_version: common_pb2.WeightVersion | None = None,
+    id_prefix: str = "",
 ) -> list[trajectory_pb2.TrajectoryGroup]:
-    """One group of `opts.k` responses per problem, in problem order."""
+    """One group of `opts.k` responses per problem, in problem order, sampled with weights at least
+    `min_version` (prompt ids are `id_prefix` + the problem's id)."""
     sampling = rollout_pb2.SamplingOverrides(
         n=opts.k,
         temperature=opts.temperature,
         max_tokens=opts.max_tokens,
-        max_tool_calls=opts.max_tool_calls,
-        has_max_tool_calls=True,
+        max_tool_calls=opts.max_tool_calls or 0,
+        has_max_tool_calls=opts.max_tool_calls is not None,
         seed=opts.seed,
         has_seed=True,
     )
@@ -64,9 +73,10 @@ async def generate(
             nonlocal done
             async with sem:
                 req = rollout_pb2.GenerateRequest(
-                    prompt=trajectory_pb2.Prompt(prompt_id=p.id, problem=p.problem, answer=p.answer, dataset=p.source),
+                    prompt=trajectory_pb2.Prompt(prompt_id=id_prefix + p.id, problem=p.problem, answer=p.answer,
+                                                 dataset=p.source, min_version=min_version),
                     sampling=sampling,
-                    skip_scoring=True,
+                    skip_scoring=not opts.score_in_rollout,
                 )
                 try:
                     group = (await stub.Generate(req, timeout=opts.deadline_seconds)).group
@@ -75,7 +85,7 @@ async def generate(
                         raise
                     # The problem itself was refused (e.g. over the prompt budget): it counts as
                     # k wrong, excluded samples with the reason kept, and the run goes on.
-                    group = trajectory_pb2.TrajectoryGroup(group_id=p.id)
+                    group = trajectory_pb2.TrajectoryGroup(group_id=id_prefix + p.id)
                     for i in range(opts.k):
                         group.trajectories.add(
                             trajectory_id=f"{p.id}-{i}",

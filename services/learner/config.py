@@ -57,6 +57,27 @@ class EngineSettings(StrictModel):
         ".cache/torch_extensions", description="Cache for DeepSpeed's JIT-built ops (TORCH_EXTENSIONS_DIR)."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    offload_optimizer: bool = Field(
+        False, description="ZeRO-Offload: keep the optimizer state (fp32 master, Adam moments) in CPU memory "
+        "(needs zero_stage >= 1)."
+    )
+    cuda_memory_fraction: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Cap this rank's PyTorch CUDA allocator at this share of its GPU (0 = no cap); for a GPU "
+        "shared with rollout (torl train's placement mode shared).",
+    )
+    dist_timeout_seconds: float = Field(
+        600.0, ge=10.0, le=86_400.0,
+        description="Process-group timeout: a collective that does not complete in this time fails the job "
+        "(a rank that dies is noticed by torchrun at once; this bounds a hang).",
+    )
+
+
+    @model_validator(mode="after")
+    def _check_offload(self) -> EngineSettings:
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage >= 1")
+        return self
 
 
 class DataSettings(StrictModel):

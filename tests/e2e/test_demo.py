@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,10 +21,20 @@ def test_demo_runs_end_to_end_and_learns(tmp_path: Path) -> None:
     require_binary("redis-server")
     t0 = time.monotonic()
     # The demo exactly as `make demo` runs it, but in a run dir of its own (runs/demo is the user's).
-    proc = subprocess.run(["bash", "scripts/demo.sh", "--run-dir", str(tmp_path / "demo")], cwd=REPO,
-                          capture_output=True, text=True, env={**os.environ}, timeout=1400)
+    proc = subprocess.Popen(["bash", "scripts/demo.sh", "--run-dir", str(tmp_path / "demo")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        stdout, stderr = proc.communicate(timeout=1400)
+    finally:
+        if proc.poll() is None:  # timed out or the test was interrupted: stop torl train and its services
+            proc.send_signal(signal.SIGTERM)  # `torl train` (exec'd by the script) stops every child
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
     seconds = time.monotonic() - t0
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     assert seconds < 20 * 60
     report = tmp_path / "demo" / "learner" / "report"
     for name in ("reward.png", "accuracy.png", "tool_use.png", "response_length.png", "summary.md"):

@@ -2,7 +2,7 @@
 after a restart — what the Redis faults in test_loop_faults.py produce) must never be trained twice,
 even when it arrives while the step that already holds the first copy is still being collected.
 
-Real Redis and the learner's real Trainer (collect_step_data, no engine needed for collecting).
+Real Redis and the learner's real Orchestrator (collect_step_data, no engine needed for collecting).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ RUN = "dedupe"
 
 def test_copy_arriving_while_the_step_is_collected_is_not_trained_twice(tmp_path: Path) -> None:
     from torl.learner.config import LearnerSettings
-    from torl.learner.trainer import Trainer
+    from torl.learner.orchestrator import Orchestrator
 
     server = RedisServer(tmp_path / "redis")
     server.start()
@@ -35,9 +35,9 @@ def test_copy_arriving_while_the_step_is_collected_is_not_trained_twice(tmp_path
             data={"dataset": "arith", "prompts_per_step": 2, "group_size": 2, "arith_train_size": 50},
             loop={"read_block_ms": 200, "step_timeout_seconds": 30},
         )
-        trainer = Trainer(settings)
+        trainer = Orchestrator(settings)
         trainer.buffer.ensure_streams()
-        trainer.incarnation = 1
+        trainer.ledger.begin(incarnation=1)
 
         def copy_of(gid: str) -> bytes:
             g = group(gid)

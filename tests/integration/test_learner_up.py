@@ -1,8 +1,11 @@
 """`torl up` starts its own Redis and every service, and Ctrl-C (SIGINT) stops all of them: no
-process it started (services, vLLM workers, sandboxes, redis-server) is left behind."""
+process it started (services, vLLM workers, sandboxes, redis-server) is left behind. It is started
+the way a shell starts a background job or nohup does, with SIGINT ignored: `torl up` installs its
+own handler, so Ctrl-C still stops it. A failing test stops the whole stack too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -49,13 +52,43 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def stop_stack(proc: subprocess.Popen[str]) -> None:
+    """After a failure: SIGTERM `torl up` (it stops its services), then SIGKILL whatever is left of it and them."""
+    if proc.poll() is not None:
+        return
+    started = descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    for pid in started:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)  # each service leads its own session
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a shell does for `cmd &` and nohup
+
+
 def test_up_starts_everything_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     require_binary("redis-server")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "torl.cli.main", "up", "--run-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env, preexec_fn=ignore_sigint,
     )
+    try:
+        check_up_and_ctrl_c(proc, tmp_path)
+    finally:
+        stop_stack(proc)
+
+
+def check_up_and_ctrl_c(proc: subprocess.Popen[str], tmp_path: Path) -> None:
     assert proc.stdout is not None
     lines: list[str] = []
     deadline = time.monotonic() + 500

@@ -2,12 +2,12 @@
 max_staleness 0 it must not sample the prompts of the current step with those, so it holds them;
 the learner has to notice (GetStatus) and push it the current weights, or the step never fills.
 
-Real Redis, real gRPC on loopback, the learner's real Trainer (setup, collect_step_data, weight
+Real Redis, real gRPC on loopback, the learner's real Orchestrator (setup, collect_step_data, weight
 push) and the rollout's real UpdateWeights receiver (torl.rollout.weights.WeightReceiver: manifest,
 sha256 and version checks, staged safetensors). What stands in for vLLM is `Replica` below: it loads
 the pushed tensors into a dict and answers each prompt with a group stamped with the version it
 serves, but only once that version is at least the prompt's min_version (as the rollout does).
-The engine is a small torch model (the trainer's `engine_factory` hook), not DeepSpeed.
+The engine is a small torch model (the orchestrator's `engine_factory` hook), not DeepSpeed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tests.e2e.helpers import RedisServer
 from torl.common.redis_layout import PAYLOAD_FIELD, PROMPT_GROUP, RunKeys, version_key
 from torl.common.weight_stream import TensorShape
 from torl.learner.config import LearnerSettings
-from torl.learner.trainer import Trainer, TrainingError
+from torl.learner.orchestrator import Orchestrator, TrainingError
 from torl.rollout.weights import WeightReceiver
 from torl.v1 import rollout_pb2, rollout_pb2_grpc, trajectory_pb2
 
@@ -151,7 +151,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def make_trainer(tmp_path: Path, redis_url: str, run_id: str, port: int, check_every: float,
-                 step_timeout: float, max_staleness: int = 0) -> Trainer:
+                 step_timeout: float, max_staleness: int = 0) -> Orchestrator:
     settings = LearnerSettings(
         redis_url=redis_url, run_id=run_id, output_dir=str(tmp_path / f"out-{run_id}"),
         data={"dataset": "arith", "prompts_per_step": 2, "group_size": 2, "arith_train_size": 50},
@@ -159,7 +159,7 @@ def make_trainer(tmp_path: Path, redis_url: str, run_id: str, port: int, check_e
         weight_sync={"replicas": [f"127.0.0.1:{port}"], "check_every_seconds": check_every,
                      "status_deadline_seconds": 2, "deadline_seconds": 10, "retries": 1},
     )
-    return Trainer(settings, engine_factory=SmallEngine)
+    return Orchestrator(settings, engine_factory=SmallEngine)
 
 
 def expected_specs() -> list[TensorShape]:
@@ -192,11 +192,11 @@ def test_restarted_replica_gets_the_current_weights_and_the_step_fills(
         try:
             assert version_key(new.receiver.current()) == current, "the restarted replica never got the weights"
             assert len(new.sink.loaded) == 1
-            sent = dict(trainer.engine.named_weights())
+            sent = dict(trainer.engine.engine.named_weights())
             assert all(torch.equal(new.sink.loaded[0][k], v) for k, v in sent.items())
             assert sorted(g.group_id for g in data.groups) == ["resync-e0-0", "resync-e0-1"]
             assert all(version_key(t.version_start) == current for g in data.groups for t in g.trajectories)
-            assert trainer.repushes == 1
+            assert trainer.publisher is not None and trainer.publisher.repushes == 1
             assert REGISTRY.get_sample_value("torl_learner_weight_repushes_total",
                                              {"replica": f"127.0.0.1:{port}"}) == repushes_before + 1
             assert waited < 30, f"the step took {waited:.0f}s to fill after the replica came back"

@@ -14,7 +14,7 @@ from torl.learner.checkpoint import CheckpointManager
 from torl.learner.config import DataSettings, LearnerSettings
 from torl.learner.datasets import ArithDataset, FeedOrder, JsonlDataset, load_dataset
 from torl.learner.report import summarize, write_report
-from torl.learner.trainer import trajectory_stats
+from torl.learner.sink import trajectory_stats
 from torl.v1 import common_pb2, trajectory_pb2
 
 
@@ -106,31 +106,6 @@ def test_trajectory_stats() -> None:
     assert st["code_error_rate"] == pytest.approx(0.5)
     assert st["response_tokens"] == pytest.approx(20.0)
     assert st["reward_by_reason"] == {"correct": 1, "wrong": 2}
-
-
-class _Stale:
-    """Just the fields Trainer.staleness_of reads."""
-
-    def __init__(self, incarnation: int, step: int, resumed_from: int) -> None:
-        self.incarnation, self.step, self.resumed_from_step = incarnation, step, resumed_from
-
-
-def _group(inc: int, step: int) -> trajectory_pb2.TrajectoryGroup:
-    t = trajectory_pb2.Trajectory(version_start=common_pb2.WeightVersion(incarnation=inc, step=step))
-    return trajectory_pb2.TrajectoryGroup(trajectories=[t])
-
-
-def test_staleness_rule_across_incarnations() -> None:
-    from torl.learner.trainer import Trainer
-
-    me = _Stale(incarnation=2, step=7, resumed_from=5)
-    stale = Trainer.staleness_of
-    assert stale(me, _group(2, 7)) == 0  # type: ignore[arg-type]
-    assert stale(me, _group(2, 5)) == 2  # type: ignore[arg-type]
-    assert stale(me, _group(1, 5)) == 2  # type: ignore[arg-type]  # ours: at or before the resume point
-    assert stale(me, _group(1, 6)) is None  # type: ignore[arg-type]  # a dead learner's lost step
-    assert stale(me, _group(3, 0)) is None  # type: ignore[arg-type]
-    assert stale(me, _group(2, 8)) is None  # type: ignore[arg-type]
 
 
 class _FakeEngine:
