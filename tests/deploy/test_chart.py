@@ -137,8 +137,12 @@ def test_torl_containers_have_grpc_probes_and_config(rendered: dict[str, list[di
                 if comp == "executor-gateway" and probe == "readinessProbe":
                     assert c[probe]["httpGet"] == {"path": "/readyz", "port": "http"}
                     continue
+                if "exec" in c[probe]:  # learner pods of which only ordinal 0 serves (test_chart_learner.py)
+                    assert comp == "learner" and f"127.0.0.1:{grpc_port}" in c[probe]["exec"]["command"]
+                    continue
                 assert c[probe]["grpc"]["port"] == grpc_port, (profile, comp, probe)
-            assert c["args"][1:] == ["serve", "--config", "/etc/torl/config.yaml"]
+            # `torl <svc> serve --config ...`, or torchrun's `-m torl.cli.main learner serve --config ...`
+            assert c["args"][-4:] == [comp.split("-")[0], "serve", "--config", "/etc/torl/config.yaml"]
             assert "checksum/config" in wls[comp]["spec"]["template"]["metadata"]["annotations"]
 
 

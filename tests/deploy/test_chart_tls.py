@@ -52,7 +52,12 @@ def config_of(docs: list[dict[str, Any]], pod: dict[str, Any]) -> dict[str, Any]
 
 
 def service_name(docs: list[dict[str, Any]], comp: str) -> str:
-    (svc,) = [d for d in by_kind(docs, "Service") if d["metadata"]["labels"]["app.kubernetes.io/component"] == comp]
+    """The component's gRPC Service (the learner's headless "-ranks" Service carries only the rendezvous)."""
+    (svc,) = [
+        d for d in by_kind(docs, "Service")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == comp
+        and any(p["name"] == "grpc" for p in d["spec"]["ports"])
+    ]
     return str(svc["metadata"]["name"])
 
 

@@ -7,10 +7,12 @@ Nothing here needs a cluster: helm renders offline, kubernetes-validate holds th
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,16 @@ def tool(name: str) -> str:
     require(found is not None, f"{name} (scripts/install_deploy_tools.sh or scripts/setup.sh installs it)")
     assert found is not None
     return found
+
+
+def load_script(name: str) -> Any:
+    """A module of scripts/ (not a package), imported by path."""
+    spec = importlib.util.spec_from_file_location(f"torl_scripts_{name}", REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def run(cmd: list[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:

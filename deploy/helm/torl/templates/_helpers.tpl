@@ -129,16 +129,28 @@ Env that gives a service its Redis URL without putting the password in a ConfigM
 {{/* Where the model lies inside rollout and learner pods. */}}
 {{- define "torl.modelDir" -}}
 {{- if eq .Values.model.source "hub" -}}
-/models/hub
+{{- printf "/models/hub/%s/%s" .Values.model.name .Values.model.hub.revision -}}
 {{- else -}}
 {{- printf "/models/%s" .Values.model.name -}}
 {{- end -}}
 {{- end -}}
 
+{{/* Whether the hub download goes into the shared cache PVC ("true" or ""). */}}
+{{- define "torl.sharedModelCache" -}}
+{{- if and (eq .Values.model.source "hub") .Values.model.hub.sharedCache.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{- define "torl.modelCacheClaim" -}}
+{{- default (printf "%s-models" (include "torl.fullname" .)) .Values.model.hub.sharedCache.existingClaim -}}
+{{- end -}}
+
 {{/* Volumes for the model: (root context). */}}
 {{- define "torl.modelVolume" -}}
 - name: model
-{{- if eq .Values.model.source "hub" }}
+{{- if include "torl.sharedModelCache" . }}
+  persistentVolumeClaim:
+    claimName: {{ include "torl.modelCacheClaim" . }}
+{{- else if eq .Values.model.source "hub" }}
   emptyDir:
     sizeLimit: {{ .Values.model.hub.cacheSizeLimit }}
 {{- else }}
@@ -150,7 +162,8 @@ Env that gives a service its Redis URL without putting the password in a ConfigM
 
 {{/*
 Init container that downloads the model from the hub into the `model` volume (source=hub only):
-(dict "root" $ "image" $imageRef)
+(dict "root" $ "image" $imageRef). Into the shared cache, pods take a file lock and skip the
+download when a previous pod left the completion marker, so the model is fetched once.
 */}}
 {{- define "torl.modelDownloadInit" -}}
 {{- if eq .root.Values.model.source "hub" }}
@@ -161,15 +174,14 @@ Init container that downloads the model from the hub into the `model` volume (so
     - python
     - -c
     - |
-      import os
-      from huggingface_hub import snapshot_download
-      snapshot_download(repo_id=os.environ["MODEL_NAME"], revision=os.environ["MODEL_REVISION"],
-                        local_dir="/models/hub")
+      {{- .root.Files.Get "files/download_model.py" | nindent 6 }}
   env:
     - name: MODEL_NAME
       value: {{ .root.Values.model.name | quote }}
     - name: MODEL_REVISION
       value: {{ .root.Values.model.hub.revision | quote }}
+    - name: MODEL_DIR
+      value: {{ include "torl.modelDir" .root | quote }}
     - name: HF_HOME
       value: /tmp/hf
     {{- if .root.Values.model.hub.tokenSecret }}
@@ -188,6 +200,44 @@ Init container that downloads the model from the hub into the `model` volume (so
     - {name: model, mountPath: /models}
     - {name: tmp, mountPath: /tmp}
 {{- end }}
+{{- end -}}
+
+{{/* Bytes of a Kubernetes quantity (4Gi, 500M, 1.5Ti, 1024), as an integer string. */}}
+{{- define "torl.quantityBytes" -}}
+{{- $q := toString . -}}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $q -}}
+{{- $suffix := trimPrefix $num $q -}}
+{{- $mult := dict "" 1.0 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 -}}
+{{- if not (hasKey $mult $suffix) -}}
+{{- fail (printf "cannot read %q as a byte quantity" $q) -}}
+{{- end -}}
+{{- printf "%.0f" (mulf (float64 $num) (get $mult $suffix)) -}}
+{{- end -}}
+
+{{/* Bytes per element of a dtype name. */}}
+{{- define "torl.dtypeBytes" -}}
+{{- get (dict "float32" "4" "bfloat16" "2" "float16" "2") . | required (printf "unknown dtype %q" .) -}}
+{{- end -}}
+
+{{/* Bytes of one full weight push: model.parameters x the size of (dict "root" $ "dtype" name). */}}
+{{- define "torl.weightBytes" -}}
+{{- printf "%.0f" (mulf (float64 .root.Values.model.parameters) (float64 (include "torl.dtypeBytes" .dtype))) -}}
+{{- end -}}
+
+{{/* The rollout's /dev/shm size: rollout.shmSizeLimit, or 1.25 x the weight bytes in GiB (at least 1Gi). */}}
+{{- define "torl.rolloutShmSize" -}}
+{{- if .Values.rollout.shmSizeLimit -}}
+{{- .Values.rollout.shmSizeLimit -}}
+{{- else -}}
+{{- $bytes := float64 (include "torl.weightBytes" (dict "root" . "dtype" (include "torl.weightSyncDtype" .))) -}}
+{{- printf "%dGi" (max 1 (int (ceil (divf (mulf $bytes 1.25) 1073741824.0)))) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The weight-sync dtype the learner will push: its config's, else the model's (the chart's default). */}}
+{{- define "torl.weightSyncDtype" -}}
+{{- $ws := dig "weight_sync" "dtype" "" .Values.learner.config -}}
+{{- default .Values.model.dtype $ws -}}
 {{- end -}}
 
 {{/* Checksum annotation so pods restart when their config changes. */}}

@@ -40,3 +40,7 @@
     - {protocol: TCP, port: {{ .Values.redis.external.port }}}
 {{- end }}
 {{- end -}}
+{{- define "torl.np.learnerRankPorts" -}}
+- {protocol: TCP, port: {{ .Values.learner.rendezvousPort }}}
+- {protocol: TCP, port: {{ .Values.learner.collectivePorts.start }}, endPort: {{ .Values.learner.collectivePorts.end }}}
+{{- end -}}
