@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import grpc
 
@@ -131,30 +132,37 @@ class WeightSender:
         m.initialize_replicas(found)  # a replica's failure series exists (at 0) from its discovery
         return found
 
-    def replica_versions(self, targets: Sequence[str] | None = None) -> dict[str, common_pb2.WeightVersion | str]:
-        """Each replica's serving version (GetStatus, in parallel), or the error that kept it from answering."""
+    def replica_statuses(self, targets: Sequence[str] | None = None) -> dict[str, rollout_pb2.RolloutStatus | str]:
+        """Each replica's GetStatus (in parallel), or the error that kept it from answering."""
 
-        def one(target: str) -> common_pb2.WeightVersion | str:
+        def one(target: str) -> rollout_pb2.RolloutStatus | str:
             try:
-                status = self._stub(target).GetStatus(rollout_pb2.GetStatusRequest(),
-                                                      timeout=self.cfg.status_deadline_seconds)
+                status: rollout_pb2.RolloutStatus = self._stub(target).GetStatus(
+                    rollout_pb2.GetStatusRequest(), timeout=self.cfg.status_deadline_seconds)
             except grpc.RpcError as e:
                 return f"{e.code().name}: {e.details()}"
-            return status.version
+            return status
 
         names = list(targets) if targets is not None else self.targets()
         futures = {t: self._pool.submit(one, t) for t in names}
         return {t: f.result() for t, f in futures.items()}
 
+    def replica_versions(self, targets: Sequence[str] | None = None) -> dict[str, common_pb2.WeightVersion | str]:
+        """Each replica's serving version (GetStatus, in parallel), or the error that kept it from answering."""
+        return {t: s if isinstance(s, str) else s.version for t, s in self.replica_statuses(targets).items()}
+
     def push(self, weights: WeightsIn, version: common_pb2.WeightVersion,
              targets: Sequence[str] | None = None) -> PushResult:
-        """Pack `weights` once (a mapping, or (name, tensor) pairs consumed once), then `push_packed`."""
+        """Pack `weights` once (a mapping, or (name, tensor) pairs consumed once), then `push_prepared`."""
         t0 = time.perf_counter()
-        packed = weight_stream.pack(weights, version)
-        return self.push_packed(packed, targets, started=t0)
+        return self.push_prepared(self.prepare(weights, version), targets, started=t0)
 
-    def push_packed(self, packed: PackedWeights, targets: Sequence[str] | None = None,
-                    started: float | None = None) -> PushResult:
+    def prepare(self, weights: WeightsIn, version: common_pb2.WeightVersion) -> PackedWeights:
+        """Consume `weights` and pack and hash them: the one copy every replica's stream reads."""
+        return weight_stream.pack(weights, version)
+
+    def push_prepared(self, packed: PackedWeights, targets: Sequence[str] | None = None,
+                      started: float | None = None) -> PushResult:
         """Push to every replica (or to `targets`) concurrently and wait (each bounded by deadline x retries)."""
         t0 = started if started is not None else time.perf_counter()
         version = packed.manifest.version
@@ -184,13 +192,42 @@ class WeightSender:
             ch.close()
 
 
+class Sender(Protocol):
+    """A weight transport as the trainer uses it (gRPC: WeightSender; NCCL: torl.learner.nccl_sender)."""
+
+    transport: str
+
+    def targets(self) -> list[str]: ...
+
+    def replica_versions(self, targets: Sequence[str] | None = None) -> dict[str, common_pb2.WeightVersion | str]: ...
+
+    def push(self, weights: WeightsIn, version: common_pb2.WeightVersion,
+             targets: Sequence[str] | None = None) -> PushResult: ...
+
+    def prepare(self, weights: WeightsIn, version: common_pb2.WeightVersion) -> Any: ...
+
+    def push_prepared(self, prepared: Any, targets: Sequence[str] | None = None,
+                      started: float | None = None) -> PushResult: ...
+
+    def close(self) -> None: ...
+
+
+def make_weight_sender(cfg: WeightSyncSettings, targets: Callable[[], Sequence[str]] | None = None) -> Sender:
+    """The sender for `cfg.transport`: the gRPC stream, or the NCCL broadcast (GPU learner and rollout)."""
+    if cfg.transport == "nccl":
+        from torl.learner.nccl_sender import NcclWeightSender
+
+        return NcclWeightSender(cfg, targets)
+    return WeightSender(cfg, targets)
+
+
 class AsyncPusher:
     """Background pushes for max_staleness > 0: the newest pending version wins."""
 
-    def __init__(self, sender: WeightSender) -> None:
+    def __init__(self, sender: Sender) -> None:
         self.sender = sender
         self._cv = threading.Condition()
-        self._next: PackedWeights | None = None
+        self._next: Any = None
         self._closed = False
         self._busy = False
         self.last: PushResult | None = None
@@ -199,8 +236,8 @@ class AsyncPusher:
         self._thread.start()
 
     def submit(self, weights: WeightsIn, version: common_pb2.WeightVersion) -> None:
-        """Pack now, in the caller's thread (a gathered iterable is consumed here), push in the background."""
-        packed = weight_stream.pack(weights, version)
+        """Prepare now, in the caller's thread (a gathered iterable is consumed here), push in the background."""
+        packed = self.sender.prepare(weights, version)
         with self._cv:
             if self._next is not None:
                 self.skipped += 1  # an older version never went out; the newer one replaces it
@@ -218,7 +255,7 @@ class AsyncPusher:
                 self._next = None
                 self._busy = True
             try:
-                self.last = self.sender.push_packed(packed)
+                self.last = self.sender.push_prepared(packed)
             finally:
                 with self._cv:
                     self._busy = False

@@ -12,7 +12,12 @@ removed once loaded, so staging needs the model's weight bytes plus the header, 
 (`staging_bytes`), for one update at a time (updates stage one after another).
 
 The NCCL path (GPUs): the same manifest arrives over gRPC but carries no data; the tensors come
-over vLLM's NCCL weight-transfer engine from the learner. Same version rules, same interface.
+over vLLM's NCCL weight-transfer engine from the learner. Same version rules, same interface. The
+manifest names the learner's transfer group (torl.v1.NcclGroup: generation, this replica's rank
+offset, world size); a manifest that forms a new group makes the replica join it first (vLLM's
+init_weight_transfer_engine with the configured rendezvous address), one for a group the replica is
+not in (it restarted since) is refused before any NCCL call. GetStatus reports the joined group, so
+the learner (torl.learner.nccl_sender) rebuilds the group before broadcasting to a restarted replica.
 """
 
 from __future__ import annotations
@@ -184,6 +189,7 @@ class WeightReceiver:
         self.path = path
         self._nccl_init_info = nccl_init_info
         self._nccl_ready = False
+        self.nccl_group = 0  # generation of the learner's transfer group joined (0: none, or the configured one)
         self._lock = asyncio.Lock()
         self._staged: Path | None = None
         self._publish_version()
@@ -339,19 +345,12 @@ class WeightReceiver:
 
     async def _apply_nccl(self, manifest: rollout_pb2.WeightManifest, started: float) -> UpdateResult:
         """The tensors arrive over NCCL while generation is paused; the manifest's sha256 cannot be checked
-        here (no bytes pass through gRPC) and only makes an identical re-push a no-op."""
+        here (no bytes pass through gRPC) and only makes an identical re-push a no-op. Not so inside a
+        learner's group: the broadcast is collective, so every member receives it, a re-push included."""
         async with self._lock:
-            if not self._check_version(manifest):
+            if not self._check_version(manifest) and manifest.nccl.generation == 0:
                 return UpdateResult(self.current(), 0.0, 0.0, 0)
-            if not self._nccl_ready:
-                if not self._nccl_init_info:
-                    raise FailedPrecondition("NCCL weight path selected but weights.nccl_* is not configured")
-                try:
-                    await self.sink.nccl_init(self._nccl_init_info)
-                except Exception as e:
-                    log.error("nccl_init_failed", exc_info=e)
-                    raise Unavailable(f"NCCL weight-transfer rendezvous failed: {type(e).__name__}: {e}") from e
-                self._nccl_ready = True
+            await self._join_nccl_group(manifest)
             try:
                 pause = await self.sink.nccl_update(nccl_update_info(manifest), format_version(manifest.version))
             except Exception as e:
@@ -366,6 +365,42 @@ class WeightReceiver:
         log.info("weights_updated", path="nccl", version=format_version(self.version), bytes=manifest.total_bytes,
                  pause_seconds=round(pause, 4))
         return UpdateResult(self.current(), receive_seconds, pause, manifest.total_bytes)
+
+    async def _join_nccl_group(self, manifest: rollout_pb2.WeightManifest) -> None:
+        """Be in the group the update is broadcast in: join a group being formed, refuse one not joined."""
+        group = manifest.nccl
+        if group.generation == 0:  # no group named: the configured rendezvous, joined once
+            if self._nccl_ready:
+                return
+            info = self._nccl_init_info
+        elif group.rendezvous:
+            if not self._nccl_init_info:
+                raise FailedPrecondition("NCCL weight path selected but weights.nccl_* is not configured")
+            try:
+                info = nccl_init_info(self._nccl_init_info["master_address"], self._nccl_init_info["master_port"],
+                                      int(group.rank_offset), int(group.world_size),
+                                      bool(self._nccl_init_info["packed"]))
+            except ValueError as e:
+                raise InvalidArgument(f"NCCL group {group.generation}: {e}") from None
+        elif group.generation == self.nccl_group and self._nccl_ready:
+            return
+        else:
+            raise FailedPrecondition(
+                f"this replica is not in NCCL group {group.generation} (joined: {self.nccl_group or 'none'}); "
+                "the learner must form a new group"
+            )
+        if not info:
+            raise FailedPrecondition("NCCL weight path selected but weights.nccl_* is not configured")
+        self._nccl_ready = False
+        try:
+            await self.sink.nccl_init(info)
+        except Exception as e:
+            log.error("nccl_init_failed", exc_info=e)
+            raise Unavailable(f"NCCL weight-transfer rendezvous failed: {type(e).__name__}: {e}") from e
+        self._nccl_ready = True
+        self.nccl_group = int(group.generation)
+        log.info("nccl_group_joined", generation=self.nccl_group, rank_offset=info["rank_offset"],
+                 world_size=info["world_size"])
 
     def _commit(self, manifest: rollout_pb2.WeightManifest) -> None:
         self.version.CopyFrom(manifest.version)
