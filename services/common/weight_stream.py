@@ -6,6 +6,10 @@ size and the payload's sha256), then the raw payload in chunks of a few MiB (a t
 chunks). The receiver applies nothing until the whole payload arrived and checks out; any
 mismatch rejects the update whole.
 
+The sender packs once per push (`pack`: one pass that views each tensor's bytes and hashes them)
+and replays `PackedWeights.chunks()` for every replica and retry; the receiver assembles into
+memory or writes through to a file (`WeightAssembler(out=...)`).
+
 This module is pure: no transport, no engine. torch is imported lazily (the rollout gRPC process
 and the learner have it; importing this module alone does not need it).
 """

@@ -247,7 +247,7 @@ class NcclWeightSender:
     def _send_manifest(self, target: str, manifest: rollout_pb2.WeightManifest) -> str:
         """'' on ack, else the error (no retry: the broadcast it belongs to happens once)."""
         try:
-            resp = self.grpc._stub(target).UpdateWeights(iter([rollout_pb2.WeightChunk(manifest=manifest)]),
+            resp = self.grpc.stub(target).UpdateWeights(iter([rollout_pb2.WeightChunk(manifest=manifest)]),
                                                          timeout=self.cfg.deadline_seconds)
         except grpc.RpcError as e:
             return f"{e.code().name}: {e.details()}"
@@ -270,7 +270,7 @@ class NcclWeightSender:
         result.failed.update(down)
         if not group.offsets:
             return self._finish(result, t0)
-        futures = {t: self.grpc._pool.submit(self._send_manifest, t,
+        futures = {t: self.grpc.pool.submit(self._send_manifest, t,
                                              nccl_manifest(update.meta, update.version, group, t, rendezvous))
                    for t in group.offsets}
         try:

@@ -90,18 +90,22 @@ class WeightSender:
         self.cfg = cfg
         self._targets = targets or (lambda: replica_targets(cfg))
         self._channels: dict[str, grpc.Channel] = {}
+        self._channels_lock = threading.Lock()  # stubs are asked for from the fan-out threads
         channel_credentials(cfg.tls, "weight_sync.tls")  # a bad TLS file fails here, at start-up
-        self._pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL_PUSHES, thread_name_prefix="weight-push")
+        self.pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL_PUSHES, thread_name_prefix="weight-push")
 
-    def _stub(self, target: str) -> rollout_pb2_grpc.RolloutStub:
-        if target not in self._channels:
-            # gRPC-level retries are off here: a push is retried whole by _push_one. Reconnect backoff
-            # is capped at 5 s so a replica that comes back (after a restart) is reached within seconds.
-            self._channels[target] = open_channel(
-                target, aio=False, tls=self.cfg.tls, max_message_mb=64, max_attempts=2,
-                extra_options=[("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 5000)],
-            )
-        return rollout_pb2_grpc.RolloutStub(self._channels[target])
+    def stub(self, target: str) -> rollout_pb2_grpc.RolloutStub:
+        """The replica's stub on its one channel (opened on first use)."""
+        with self._channels_lock:
+            if target not in self._channels:
+                # gRPC-level retries are off here: a push is retried whole by _push_one. Reconnect backoff
+                # is capped at 5 s so a replica that comes back (after a restart) is reached within seconds.
+                self._channels[target] = open_channel(
+                    target, aio=False, tls=self.cfg.tls, max_message_mb=64, max_attempts=2,
+                    extra_options=[("grpc.initial_reconnect_backoff_ms", 500),
+                                   ("grpc.max_reconnect_backoff_ms", 5000)],
+                )
+            return rollout_pb2_grpc.RolloutStub(self._channels[target])
 
     def _messages(self, packed: PackedWeights) -> Iterator[rollout_pb2.WeightChunk]:
         """One replica's UpdateWeights stream (a fresh pass over the shared views)."""
@@ -113,7 +117,7 @@ class WeightSender:
         err = ""
         for attempt in range(self.cfg.retries + 1):
             try:
-                resp = self._stub(target).UpdateWeights(self._messages(packed), timeout=self.cfg.deadline_seconds)
+                resp = self.stub(target).UpdateWeights(self._messages(packed), timeout=self.cfg.deadline_seconds)
                 if (resp.version.incarnation, resp.version.step) != (version.incarnation, version.step):
                     err = f"replica serves {resp.version.incarnation}:{resp.version.step} after the push"
                 else:
@@ -137,14 +141,14 @@ class WeightSender:
 
         def one(target: str) -> rollout_pb2.RolloutStatus | str:
             try:
-                status: rollout_pb2.RolloutStatus = self._stub(target).GetStatus(
+                status: rollout_pb2.RolloutStatus = self.stub(target).GetStatus(
                     rollout_pb2.GetStatusRequest(), timeout=self.cfg.status_deadline_seconds)
             except grpc.RpcError as e:
                 return f"{e.code().name}: {e.details()}"
             return status
 
         names = list(targets) if targets is not None else self.targets()
-        futures = {t: self._pool.submit(one, t) for t in names}
+        futures = {t: self.pool.submit(one, t) for t in names}
         return {t: f.result() for t, f in futures.items()}
 
     def replica_versions(self, targets: Sequence[str] | None = None) -> dict[str, common_pb2.WeightVersion | str]:
@@ -183,11 +187,11 @@ class WeightSender:
 
     def _fan_out(self, packed: PackedWeights, targets: list[str]) -> dict[str, str]:
         """Each target's error ('' = acked); all streams run at once from the one packed state."""
-        futures = {t: self._pool.submit(self._push_one, t, packed) for t in targets}
+        futures = {t: self.pool.submit(self._push_one, t, packed) for t in targets}
         return {t: f.result() for t, f in futures.items()}
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
         for ch in self._channels.values():
             ch.close()
 
