@@ -293,9 +293,6 @@ def main() -> int:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="torl-gpu-smoke-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    from torl.rollout.tiny_model import build_tiny
-
-    tiny = build_tiny(None, 0)
     n_params = sum(math.prod(s) for _, s in qwen2_shapes(**QWEN2_05B))
     print(f"work dir {work}; Qwen2-0.5B layout: {n_params / 1e6:.0f}M parameters", flush=True)
     qwen_dir = work / "qwen2-0.5b-random"
@@ -317,6 +314,9 @@ def main() -> int:
     if gpu_count() < 1:
         print("no CUDA GPU visible: this script needs one (use --dry-run to check the configs)", file=sys.stderr)
         return 2
+    from torl.rollout.tiny_model import build_tiny
+
+    tiny = build_tiny(None, 0)  # cached; its tokenizer also serves the 0.5B model
     results: list[dict[str, Any]] = []
     if "tiny" in phases:
         results.append(run_train_phase("tiny", cfgs["tiny"], work / "run-tiny", args.phase_timeout))

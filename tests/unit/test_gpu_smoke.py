@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
+from torl.common.config import ConfigError
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,15 +39,19 @@ def test_qwen2_05b_layout_has_the_real_parameter_count() -> None:
 
 
 def test_configs_pass_every_service_check_and_bad_arguments_are_refused(tmp_path: Path) -> None:
+    mod = smoke()
+    for name, model, dtype in (("tiny", "tiny", "float32"), ("qwen05", str(tmp_path), "bfloat16")):
+        (tmp_path / "config.json").write_text("{}")  # train.model must be a model directory
+        cfg = mod.train_config(f"smoke-{name}", model, 0.35, 3, dtype)
+        assert cfg["learner"]["engine"]["precision"] == "bf16" and cfg["learner"]["engine"]["gradient_checkpointing"]
+        assert cfg["rollout"]["engine"]["enforce_eager"] is False
+        mod.check_config(mod.write_yaml(cfg, tmp_path / f"{name}.yaml"))  # what --dry-run does
+    bad = mod.train_config("smoke-bad", "tiny", 0.35, 3, "float32")
+    bad["learner"]["engine"]["precision"] = "bf17"
+    with pytest.raises(ConfigError, match="precision"):
+        mod.check_config(mod.write_yaml(bad, tmp_path / "bad.yaml"))
     script = str(ROOT / "scripts" / "gpu_smoke.py")
-    done = subprocess.run([sys.executable, script, "--dry-run", "--work", str(tmp_path)],
-                          capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "tiny.yaml passes every service's config check" in done.stdout
-    assert "qwen05.yaml passes every service's config check" in done.stdout
-    cfg = (tmp_path / "qwen05.yaml").read_text()
-    assert "gradient_checkpointing: true" in cfg and "precision: bf16" in cfg and "enforce_eager: false" in cfg
-    for bad in (["--phases", "tiny,warp"], ["--rollout-mem", "0.99"]):
-        done = subprocess.run([sys.executable, script, "--dry-run", *bad], capture_output=True, text=True,
+    for args in (["--phases", "tiny,warp"], ["--rollout-mem", "0.99"]):
+        done = subprocess.run([sys.executable, script, "--dry-run", *args], capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 2 and "error" in done.stderr, done.stderr
