@@ -131,7 +131,8 @@ def build_qwen2_dir(shapes: list[tuple[str, tuple[int, ...]]], directory: Path) 
     cfg = json.loads((tiny / "config.json").read_text())
     cfg.update({"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 12,
                 "num_key_value_heads": 2, "intermediate_size": QWEN2_1_5B["mlp"], "vocab_size": vocab,
-                "tie_word_embeddings": True, "torch_dtype": "bfloat16", "max_position_embeddings": 4096})
+                "tie_word_embeddings": True, "dtype": "bfloat16", "max_position_embeddings": 4096,
+                "layer_types": ["full_attention"] * layers, "max_window_layers": layers})
     (directory / "config.json").write_text(json.dumps(cfg))
     for f in tiny.iterdir():
         if f.name.startswith("tokenizer") or f.name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
@@ -156,7 +157,7 @@ def serve_receiver(args: argparse.Namespace) -> int:
         from torl.rollout.engine import VllmEngine
 
         model_dir = build_qwen2_dir(shapes, Path(args.staging) / "model")
-        engine = VllmEngine.start(EngineSettings(dtype="bfloat16"), str(model_dir), 512)
+        engine = VllmEngine.start(EngineSettings(dtype=args.engine_dtype), str(model_dir), 512)
     else:
         engine = TensorEngine(shapes)
     receiver = WeightReceiver(engine, expected, staging_dir=args.staging, keep_last_staged=True)
@@ -236,7 +237,8 @@ def start_receivers(n: int, args: argparse.Namespace, tmp: Path) -> list[tuple[s
         port, report = free_port(), tmp / f"receiver-{i}.json"
         staging = tmp / f"staging-{i}"
         cmd = [sys.executable, __file__, "receiver", "--port", str(port), "--gib", str(args.gib),
-               "--staging", str(staging), "--report", str(report), "--engine", args.engine]
+               "--staging", str(staging), "--report", str(report), "--engine", args.engine,
+               "--engine-dtype", args.engine_dtype]
         procs.append((subprocess.Popen(cmd), f"127.0.0.1:{port}", report))
     deadline = time.time() + 1800
     for p, _, report in procs:
@@ -305,6 +307,9 @@ def main() -> int:
     ap.add_argument("--pairs", action="store_true",
                     help="push (name, tensor) pairs made fresh per push (a gather) instead of a held mapping")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--max-replicas", type=int, choices=[1, 2], default=2, help="1: skip the 2-replica run")
+    ap.add_argument("--engine-dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                    help="--engine vllm: the dtype vLLM serves in (float32 on CPUs without bf16 support)")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--staging", default="")
     ap.add_argument("--report", default="")
@@ -318,22 +323,22 @@ def main() -> int:
     print(f"state: {len(sd)} tensors, {state_bytes / 2**30:.2f} GiB bf16", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-weights-", dir=os.environ.get("BENCH_TMP")) as tmp:
         one = run_pushes(1, sd, args, Path(tmp))
-        two = run_pushes(2, sd, args, Path(tmp))
+        two = run_pushes(2, sd, args, Path(tmp)) if args.max_replicas == 2 else None
+    runs = [one] if two is None else [one, two]
     out = {
         "state_bytes": state_bytes, "tensors": len(sd), "engine": args.engine, "pairs": args.pairs,
         "one": one, "two": two,
         "push_gb_per_s_1": state_bytes / one["push_seconds"] / 1e9,
-        "push_gb_per_s_2": 2 * state_bytes / two["push_seconds"] / 1e9,
-        "two_vs_one": two["push_seconds"] / one["push_seconds"],
-        "pause_vs_raw_reload": max(one["pause_seconds_median"] / one["raw_reload_seconds_median"],
-                                   two["pause_seconds_median"] / two["raw_reload_seconds_median"]),
-        "peak_extra_vs_state": max(one["peak_extra_bytes"], two["peak_extra_bytes"]) / state_bytes,
+        "push_gb_per_s_2": 2 * state_bytes / two["push_seconds"] / 1e9 if two else None,
+        "two_vs_one": two["push_seconds"] / one["push_seconds"] if two else None,
+        "pause_vs_raw_reload": max(r["pause_seconds_median"] / r["raw_reload_seconds_median"] for r in runs),
+        "peak_extra_vs_state": max(r["peak_extra_bytes"] for r in runs) / state_bytes,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k not in ("one", "two")}, indent=1))
-    for n, r in (("1", one), ("2", two)):
+    for n, r in enumerate(runs, start=1):
         print(f"{n} replica(s): push {r['push_seconds']:.2f}s, pause {r['pause_seconds_median']:.2f}s vs raw reload "
               f"{r['raw_reload_seconds_median']:.2f}s, peak extra {r['peak_extra_bytes'] / 2**30:.2f} GiB")
     return 0

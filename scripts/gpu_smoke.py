@@ -60,6 +60,17 @@ def qwen2_shapes(hidden_size: int, num_hidden_layers: int, num_attention_heads: 
     return out
 
 
+def qwen2_05b_config(tokenizer_from: Path) -> dict[str, Any]:
+    """The HF config of the 0.5B model: the tokenizer model's config with the Qwen2-0.5B shapes."""
+    cfg: dict[str, Any] = json.loads((tokenizer_from / "config.json").read_text())
+    layers = QWEN2_05B["num_hidden_layers"]
+    cfg.update(QWEN2_05B)
+    cfg.update({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "tie_word_embeddings": True,
+                "dtype": "bfloat16", "max_position_embeddings": 4096, "layer_types": ["full_attention"] * layers,
+                "max_window_layers": layers})
+    return cfg
+
+
 def build_qwen2_05b(out_dir: Path, tokenizer_from: Path, seed: int = 0) -> Path:
     """A Qwen2-0.5B-shaped model directory with random bf16 weights (norms at 1) and the given tokenizer."""
     import torch
@@ -68,17 +79,13 @@ def build_qwen2_05b(out_dir: Path, tokenizer_from: Path, seed: int = 0) -> Path:
     if (out_dir / "model.safetensors").is_file():
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = json.loads((tokenizer_from / "config.json").read_text())
-    cfg.update(QWEN2_05B)
-    cfg.update({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "tie_word_embeddings": True,
-                "torch_dtype": "bfloat16", "max_position_embeddings": 4096, "rope_theta": 1000000.0})
     g = torch.Generator().manual_seed(seed)
     state = {n: (torch.ones(s) if n.endswith("norm.weight") else torch.randn(*s, generator=g) * 0.02
                  ).to(torch.bfloat16) for n, s in qwen2_shapes(**QWEN2_05B)}
     for f in tokenizer_from.iterdir():
         if f.is_file() and f.name not in ("config.json", "model.safetensors", "generation_config.json"):
             (out_dir / f.name).write_bytes(f.read_bytes())
-    (out_dir / "config.json").write_text(json.dumps(cfg, indent=1))
+    (out_dir / "config.json").write_text(json.dumps(qwen2_05b_config(tokenizer_from), indent=1))
     save_file(state, str(out_dir / "model.safetensors"))
     return out_dir
 

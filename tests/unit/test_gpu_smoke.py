@@ -38,6 +38,18 @@ def test_qwen2_05b_layout_has_the_real_parameter_count() -> None:
     assert "lm_head.weight" not in shapes
 
 
+def test_qwen2_05b_config_is_a_valid_qwen2_config_of_those_shapes() -> None:
+    from transformers import AutoConfig
+
+    from torl.rollout.tiny_model import build_tiny
+
+    mod = smoke()
+    cfg = mod.qwen2_05b_config(build_tiny(None, 0))
+    hf = AutoConfig.for_model(**cfg)  # validates e.g. layer_types against num_hidden_layers
+    assert (hf.num_hidden_layers, hf.hidden_size, hf.num_key_value_heads, hf.vocab_size) == (24, 896, 2, 151936)
+    assert hf.tie_word_embeddings
+
+
 def test_configs_pass_every_service_check_and_bad_arguments_are_refused(tmp_path: Path) -> None:
     mod = smoke()
     for name, model, dtype in (("tiny", "tiny", "float32"), ("qwen05", str(tmp_path), "bfloat16")):
