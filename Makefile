@@ -15,12 +15,12 @@ lint: setup
 
 # The README's test command: setup, lint, then every test except those marked slow.
 test: setup lint
-	bash scripts/test.sh -m "not slow"
+	bash scripts/test.sh -m "not slow and not gpu"
 
 # The slow scenarios only (vLLM-backed end-to-end runs: demo, faults, soak, live Prometheus). CI runs
 # `make test` and then this.
 test-slow: setup
-	bash scripts/test.sh -m slow
+	bash scripts/test.sh -m "slow and not gpu"
 
 # Everything, slow scenarios included.
 test-all: setup lint

@@ -203,7 +203,7 @@ async def bench_weights(tmp: Path) -> dict[str, float]:
     engine = VllmEngine.start(EngineSettings(), str(model_dir), 1024)
     sd = {k: v * 0.5 for k, v in load_file(str(model_dir / "model.safetensors")).items()}
     params = sum(v.numel() for v in sd.values())
-    receiver = WeightReceiver(engine, read_checkpoint_specs(model_dir), max_bytes=8 << 30)
+    receiver = WeightReceiver(engine, read_checkpoint_specs(model_dir), max_bytes=8 << 30, keep_last_staged=True)
 
     class Servicer(rollout_pb2_grpc.RolloutServicer):
         async def UpdateWeights(self, it, context):  # type: ignore[no-untyped-def]
@@ -222,7 +222,7 @@ async def bench_weights(tmp: Path) -> dict[str, float]:
         r: rollout_pb2.UpdateWeightsResponse = await stub.UpdateWeights(iter(msgs), timeout=600)
         results.append((time.perf_counter() - t0, r.receive_seconds, r.pause_seconds))
     raw = []
-    staged = receiver._staged  # the last verified update, already on disk in checkpoint format
+    staged = receiver.last_staged  # the last verified update, already on disk in checkpoint format
     assert staged is not None
     for _ in range(3):
         t0 = time.perf_counter()

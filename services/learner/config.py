@@ -152,6 +152,29 @@ class WeightSyncSettings(StrictModel):
         description="TLS / mTLS of the calls to rollout replicas (discovered replicas are IPs: set "
         "server_name_override to a name in their certificate).",
     )
+    transport: Literal["grpc", "nccl"] = Field(
+        "grpc", description="How tensors travel: the gRPC stream (portable), or vLLM's NCCL weight transfer (GPUs; "
+        "the rollout needs engine.weight_transfer=nccl). The manifest goes over gRPC either way.",
+    )
+    nccl_master_address: str = Field(
+        "", description="NCCL: the address rollout workers reach this learner's rank-0 rendezvous on (the rollout's "
+        "weights.nccl_master_address); the learner binds it.",
+    )
+    nccl_master_port: int = Field(0, ge=0, le=65535, description="NCCL: the rendezvous (TCPStore) port.")
+    nccl_world_size: int = Field(
+        0, ge=0, le=65536, description="NCCL: the largest group allowed (1 + replicas x workers per replica); 0 = no "
+        "bound. The group is formed from the replicas that answer, so it may be smaller while one is down.",
+    )
+    nccl_workers_per_replica: int = Field(
+        1, ge=1, le=64, description="NCCL: inference workers per rollout replica (its tensor_parallel_size)."
+    )
+    nccl_packed: bool = Field(True, description="NCCL: packed broadcast buffers (must match the rollout's).")
+
+    @model_validator(mode="after")
+    def _nccl_rendezvous_complete(self) -> WeightSyncSettings:
+        if self.transport == "nccl" and (not self.nccl_master_address or self.nccl_master_port == 0):
+            raise ValueError("weight_sync.transport=nccl needs weight_sync.nccl_master_address and nccl_master_port")
+        return self
 
 
 class BufferSettings(StrictModel):

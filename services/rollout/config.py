@@ -84,6 +84,12 @@ class WeightSettings(StrictModel):
     staging_dir: str = Field(
         "", description="Where verified updates are staged for the engine to load (default: /dev/shm or the temp dir)."
     )
+    staging_limit_gib: float = Field(
+        0.0, ge=0.0, le=4096.0,
+        description="Size of the staging volume (e.g. the emptyDir sizeLimit) in GiB; 0 = its free space only. One "
+        "update needs the model's weight bytes plus a small header: start-up and each update refuse with a clear "
+        "error when that does not fit.",
+    )
     nccl_master_address: str = Field("", description="NCCL path: the learner's rendezvous address.")
     nccl_master_port: int = Field(0, ge=0, le=65535, description="NCCL path: the learner's rendezvous port.")
     nccl_rank_offset: int = Field(1, ge=0, le=65535, description="NCCL path: this replica's first rank in the group.")

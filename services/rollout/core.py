@@ -144,6 +144,7 @@ class RolloutCore:
             model=self.engine.model_dir,
             replica=self.settings.replica_id,
             groups_completed=self.groups_completed,
+            nccl_group=self.receiver.nccl_group,
         )
 
     async def close(self) -> None:

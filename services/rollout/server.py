@@ -135,7 +135,9 @@ def build_core(settings: RolloutSettings) -> RolloutCore:
         max_bytes=int(w.max_update_gib * 1024**3),
         path=settings.engine.weight_transfer,
         nccl_init_info=nccl_info,
+        staging_limit_bytes=int(w.staging_limit_gib * 1024**3),
     )
+    receiver.check_staging()  # staging too small for one update of this model: say so now, not at the first push
     return RolloutCore(settings, engine, tools, scorer, receiver)
 
 

@@ -4,18 +4,27 @@ The gRPC path (portable default): a manifest, then raw chunks (services/common/w
 Before anything touches the engine the update must name exactly the model's tensors with the
 model's dtypes and shapes, arrive complete, match its sha256, and carry a version newer than the
 one serving in (incarnation, step) order. Any mismatch rejects the update whole and the old
-weights keep serving. A verified payload is staged as one safetensors file (the payload already
-is the concatenated tensors, so staging writes a small header plus the bytes) and loaded in place
-by the engine: pause with in-flight requests kept, reload, reset the prefix cache, resume.
+weights keep serving. The payload is written straight into one safetensors file in the staging
+directory as it arrives (the payload already is the concatenated tensors, so staging is a small
+header plus the bytes; nothing is held in memory), verified, and loaded in place by the engine:
+pause with in-flight requests kept, reload, reset the prefix cache, resume. The staged file is
+removed once loaded, so staging needs the model's weight bytes plus the header, exactly
+(`staging_bytes`), for one update at a time (updates stage one after another).
 
 The NCCL path (GPUs): the same manifest arrives over gRPC but carries no data; the tensors come
-over vLLM's NCCL weight-transfer engine from the learner. Same version rules, same interface.
+over vLLM's NCCL weight-transfer engine from the learner. Same version rules, same interface. The
+manifest names the learner's transfer group (torl.v1.NcclGroup: generation, this replica's rank
+offset, world size); a manifest that forms a new group makes the replica join it first (vLLM's
+init_weight_transfer_engine with the configured rendezvous address), one for a group the replica is
+not in (it restarted since) is refused before any NCCL call. GetStatus reports the joined group, so
+the learner (torl.learner.nccl_sender) rebuilds the group before broadcasting to a restarted replica.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import shutil
 import struct
@@ -26,10 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from torl.common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from torl.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from torl.common.logging import get_logger
 from torl.common.redis_layout import format_version, version_key
-from torl.common.weight_stream import TensorShape, WeightAssembler, WeightStreamError, check_against
+from torl.common.weight_stream import (
+    DTYPE_SIZES,
+    TensorShape,
+    WeightAssembler,
+    WeightStreamError,
+    check_against,
+    validate_manifest,
+)
 from torl.rollout import metrics
 from torl.v1 import common_pb2, rollout_pb2
 
@@ -85,8 +101,8 @@ def read_checkpoint_specs(model_dir: str | Path) -> list[TensorShape]:
     return specs
 
 
-def write_safetensors(manifest: rollout_pb2.WeightManifest, payload: memoryview, path: Path) -> None:
-    """One safetensors file whose data section is exactly the verified payload."""
+def safetensors_header(manifest: rollout_pb2.WeightManifest) -> bytes:
+    """The length prefix and JSON header of a safetensors file whose data section is exactly the payload."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     for spec in manifest.tensors:
         header[spec.name] = {
@@ -96,10 +112,25 @@ def write_safetensors(manifest: rollout_pb2.WeightManifest, payload: memoryview,
         }
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
-        fh.write(payload)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def manifest_for(specs: list[TensorShape]) -> rollout_pb2.WeightManifest:
+    """The manifest (no version, no hash) of an update carrying exactly `specs`, in their order."""
+    tensors: list[rollout_pb2.TensorSpec] = []
+    offset = 0
+    for s in specs:
+        nbytes = math.prod(s.shape) * DTYPE_SIZES[s.dtype]
+        tensors.append(rollout_pb2.TensorSpec(name=s.name, dtype=s.dtype, shape=list(s.shape), offset=offset,
+                                              nbytes=nbytes))
+        offset += nbytes
+    return rollout_pb2.WeightManifest(tensors=tensors, total_bytes=offset)
+
+
+def staging_bytes(specs: list[TensorShape]) -> int:
+    """Staging space one update of this model takes: its weight bytes plus the safetensors header."""
+    manifest = manifest_for(specs)
+    return int(manifest.total_bytes) + len(safetensors_header(manifest))
 
 
 def nccl_init_info(master_address: str, master_port: int, rank_offset: int, world_size: int,
@@ -142,6 +173,8 @@ class WeightReceiver:
         max_bytes: int | None = None,
         path: str = "grpc",
         nccl_init_info: dict[str, Any] | None = None,
+        staging_limit_bytes: int = 0,
+        keep_last_staged: bool = False,
     ) -> None:
         self.sink = sink
         self.expected = expected
@@ -151,12 +184,36 @@ class WeightReceiver:
         self.last_sha256 = ""
         self.staging_root = Path(staging_dir) if staging_dir else default_staging_dir()
         self.max_bytes = max_bytes
+        self.staging_limit_bytes = staging_limit_bytes
+        self.keep_last_staged = keep_last_staged
         self.path = path
         self._nccl_init_info = nccl_init_info
         self._nccl_ready = False
+        self.nccl_group = 0  # generation of the learner's transfer group joined (0: none, or the configured one)
         self._lock = asyncio.Lock()
         self._staged: Path | None = None
         self._publish_version()
+
+    def staging_room(self) -> int:
+        """Bytes an update may stage: the staging directory's free space, capped by the configured limit."""
+        self.staging_root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.staging_root).free
+        return min(free, self.staging_limit_bytes) if self.staging_limit_bytes else free
+
+    def check_staging(self, needed: int | None = None) -> None:
+        """Raise ResourceExhausted, saying what to change, when one update (default: this model's) cannot be staged."""
+        if self.path != "grpc":
+            return
+        needed = staging_bytes(self.expected) if needed is None else needed
+        room = self.staging_room()
+        if room < needed:
+            limit = f", limit weights.staging_limit_gib={self.staging_limit_bytes / 1024**3:.3f}" \
+                if self.staging_limit_bytes else ""
+            raise ResourceExhausted(
+                f"weight staging {self.staging_root} has room for {room} bytes{limit}; one update of this model "
+                f"needs {needed} ({needed / 1024**3:.2f} GiB: the weights plus the safetensors header). Point "
+                "weights.staging_dir at a larger volume or raise its size (the chart sizes it from the model)"
+            )
 
     def current(self) -> common_pb2.WeightVersion:
         v = common_pb2.WeightVersion()
@@ -192,42 +249,37 @@ class WeightReceiver:
             metrics.WEIGHT_UPDATES.labels(outcome="stale").inc()
             log.warning("weight_update_rejected", reason=e.message)
             raise
-        except Unavailable:
+        except (Unavailable, ResourceExhausted) as e:
             metrics.WEIGHT_UPDATES.labels(outcome="failed").inc()
+            log.warning("weight_update_failed", reason=e.message)
             raise
         metrics.WEIGHT_UPDATES.labels(outcome="applied").inc()
         return result
 
     async def _receive(self, chunks: AsyncIterator[rollout_pb2.WeightChunk], started: float) -> UpdateResult:
-        asm = WeightAssembler(self.max_bytes)
-        async for chunk in chunks:
-            kind = chunk.WhichOneof("payload")
-            if kind == "manifest":
-                asm.start(chunk.manifest)
-                check_against(chunk.manifest, self.expected)
-                self._check_version(chunk.manifest)  # fail fast before the bulk arrives
-            elif kind == "data":
-                asm.add(chunk.data)
-            else:
-                raise WeightStreamError("chunk with neither manifest nor data")
-        manifest = asm.manifest
-        if manifest is None:
-            raise WeightStreamError("stream ended without a manifest")
+        it = aiter(chunks)
+        manifest = await self._read_manifest(it)
         if self.path == "nccl":
-            if asm.received_bytes:
-                raise WeightStreamError("the NCCL path takes a manifest only; tensor data comes over NCCL")
+            async for chunk in it:
+                if chunk.WhichOneof("payload") == "data":
+                    raise WeightStreamError("the NCCL path takes a manifest only; tensor data comes over NCCL")
+                raise WeightStreamError("a second manifest arrived in the same update")
             return await self._apply_nccl(manifest, started)
-        payload = asm.verified_payload()
-        receive_seconds = time.perf_counter() - started
-        async with self._lock:
+        async with self._lock:  # one update stages at a time: staging needs room for one model, not two
             if not self._check_version(manifest):
-                return UpdateResult(self.current(), receive_seconds, 0.0, 0)
+                await self._drain(manifest, it)  # an identical re-push: verify it, stage nothing
+                return UpdateResult(self.current(), time.perf_counter() - started, 0.0, 0)
+            header = safetensors_header(manifest)
+            self.check_staging(len(header) + int(manifest.total_bytes))
             tag = f"{os.getpid()}-{manifest.version.incarnation}-{manifest.version.step}"
             staged = self.staging_root / f"torl-weights-{tag}"
             shutil.rmtree(staged, ignore_errors=True)
             staged.mkdir(parents=True)
             try:
-                await asyncio.to_thread(write_safetensors, manifest, payload, staged / "model.safetensors")
+                with open(staged / "model.safetensors", "wb") as fh:
+                    fh.write(header)
+                    await self._fill(WeightAssembler(self.max_bytes, out=fh), manifest, it)
+                receive_seconds = time.perf_counter() - started
                 try:
                     pause = await self.sink.swap_weights(str(staged))
                 except Exception as e:
@@ -239,7 +291,11 @@ class WeightReceiver:
             self._commit(manifest)
             if self._staged is not None:
                 shutil.rmtree(self._staged, ignore_errors=True)
-            self._staged = staged
+                self._staged = None
+            if self.keep_last_staged:
+                self._staged = staged
+            else:
+                shutil.rmtree(staged, ignore_errors=True)  # loaded: the engine holds the weights now
         metrics.WEIGHT_UPDATE_SECONDS.labels(phase="receive").observe(receive_seconds)
         metrics.WEIGHT_UPDATE_SECONDS.labels(phase="pause").observe(pause)
         metrics.WEIGHT_UPDATE_BYTES.inc(manifest.total_bytes)
@@ -247,21 +303,54 @@ class WeightReceiver:
                  receive_seconds=round(receive_seconds, 4), pause_seconds=round(pause, 4))
         return UpdateResult(self.current(), receive_seconds, pause, manifest.total_bytes)
 
+    @property
+    def last_staged(self) -> Path | None:
+        """The last loaded update's staging directory (kept only with keep_last_staged, for benchmarks)."""
+        return self._staged
+
+    async def _read_manifest(self, it: AsyncIterator[rollout_pb2.WeightChunk]) -> rollout_pb2.WeightManifest:
+        """The first message: a manifest that is consistent, names this model's tensors, and is not older."""
+        try:
+            first = await anext(it)
+        except StopAsyncIteration:
+            raise WeightStreamError("stream ended without a manifest") from None
+        kind = first.WhichOneof("payload")
+        if kind == "data":
+            raise WeightStreamError("data chunk arrived before the manifest")
+        if kind != "manifest":
+            raise WeightStreamError("chunk with neither manifest nor data")
+        validate_manifest(first.manifest, self.max_bytes)
+        check_against(first.manifest, self.expected)
+        self._check_version(first.manifest)  # fail fast before the bulk arrives
+        return first.manifest
+
+    @staticmethod
+    async def _fill(asm: WeightAssembler, manifest: rollout_pb2.WeightManifest,
+                    it: AsyncIterator[rollout_pb2.WeightChunk]) -> None:
+        """Feed the rest of the stream through `asm`; raise unless it is complete and matches the sha256."""
+        asm.start(manifest)
+        async for chunk in it:
+            kind = chunk.WhichOneof("payload")
+            if kind == "data":
+                asm.add(chunk.data)
+            elif kind == "manifest":
+                raise WeightStreamError("a second manifest arrived in the same update")
+            else:
+                raise WeightStreamError("chunk with neither manifest nor data")
+        asm.verify()
+
+    async def _drain(self, manifest: rollout_pb2.WeightManifest, it: AsyncIterator[rollout_pb2.WeightChunk]) -> None:
+        with open(os.devnull, "wb") as sink:
+            await self._fill(WeightAssembler(self.max_bytes, out=sink), manifest, it)
+
     async def _apply_nccl(self, manifest: rollout_pb2.WeightManifest, started: float) -> UpdateResult:
         """The tensors arrive over NCCL while generation is paused; the manifest's sha256 cannot be checked
-        here (no bytes pass through gRPC) and only makes an identical re-push a no-op."""
+        here (no bytes pass through gRPC) and only makes an identical re-push a no-op. Not so inside a
+        learner's group: the broadcast is collective, so every member receives it, a re-push included."""
         async with self._lock:
-            if not self._check_version(manifest):
+            if not self._check_version(manifest) and manifest.nccl.generation == 0:
                 return UpdateResult(self.current(), 0.0, 0.0, 0)
-            if not self._nccl_ready:
-                if not self._nccl_init_info:
-                    raise FailedPrecondition("NCCL weight path selected but weights.nccl_* is not configured")
-                try:
-                    await self.sink.nccl_init(self._nccl_init_info)
-                except Exception as e:
-                    log.error("nccl_init_failed", exc_info=e)
-                    raise Unavailable(f"NCCL weight-transfer rendezvous failed: {type(e).__name__}: {e}") from e
-                self._nccl_ready = True
+            await self._join_nccl_group(manifest)
             try:
                 pause = await self.sink.nccl_update(nccl_update_info(manifest), format_version(manifest.version))
             except Exception as e:
@@ -276,6 +365,42 @@ class WeightReceiver:
         log.info("weights_updated", path="nccl", version=format_version(self.version), bytes=manifest.total_bytes,
                  pause_seconds=round(pause, 4))
         return UpdateResult(self.current(), receive_seconds, pause, manifest.total_bytes)
+
+    async def _join_nccl_group(self, manifest: rollout_pb2.WeightManifest) -> None:
+        """Be in the group the update is broadcast in: join a group being formed, refuse one not joined."""
+        group = manifest.nccl
+        if group.generation == 0:  # no group named: the configured rendezvous, joined once
+            if self._nccl_ready:
+                return
+            info = self._nccl_init_info
+        elif group.rendezvous:
+            if not self._nccl_init_info:
+                raise FailedPrecondition("NCCL weight path selected but weights.nccl_* is not configured")
+            try:
+                info = nccl_init_info(self._nccl_init_info["master_address"], self._nccl_init_info["master_port"],
+                                      int(group.rank_offset), int(group.world_size),
+                                      bool(self._nccl_init_info["packed"]))
+            except ValueError as e:
+                raise InvalidArgument(f"NCCL group {group.generation}: {e}") from None
+        elif group.generation == self.nccl_group and self._nccl_ready:
+            return
+        else:
+            raise FailedPrecondition(
+                f"this replica is not in NCCL group {group.generation} (joined: {self.nccl_group or 'none'}); "
+                "the learner must form a new group"
+            )
+        if not info:
+            raise FailedPrecondition("NCCL weight path selected but weights.nccl_* is not configured")
+        self._nccl_ready = False
+        try:
+            await self.sink.nccl_init(info)
+        except Exception as e:
+            log.error("nccl_init_failed", exc_info=e)
+            raise Unavailable(f"NCCL weight-transfer rendezvous failed: {type(e).__name__}: {e}") from e
+        self._nccl_ready = True
+        self.nccl_group = int(group.generation)
+        log.info("nccl_group_joined", generation=self.nccl_group, rank_offset=info["rank_offset"],
+                 world_size=info["world_size"])
 
     def _commit(self, manifest: rollout_pb2.WeightManifest) -> None:
         self.version.CopyFrom(manifest.version)

@@ -252,3 +252,33 @@ def test_engine_adapter_matches_asyncllm_and_pauses_around_the_receive() -> None
     with pytest.raises(RuntimeError, match="broadcast aborted"):
         asyncio.run(scenario(failing))
     assert failing.calls[-1] == "resume"  # generation never stays paused
+
+
+def test_receiver_joins_the_group_a_manifest_forms_and_refuses_one_it_is_not_in() -> None:
+    sink = RecordingSink()
+    r = receiver(sink)
+
+    def in_group(step: int, generation: int, rendezvous: bool) -> list[rollout_pb2.WeightChunk]:
+        chunks = manifest_only(1, step)
+        chunks[0].manifest.nccl.CopyFrom(rollout_pb2.NcclGroup(generation=generation, rank_offset=3, world_size=5,
+                                                               rendezvous=rendezvous))
+        return chunks
+
+    async def scenario() -> None:
+        # a group this replica never joined (it restarted since): refused before any NCCL call
+        with pytest.raises(FailedPrecondition, match="not in NCCL group 7"):
+            await r.receive(stream(in_group(1, 7, rendezvous=False)))
+        assert sink.calls == []
+        await r.receive(stream(in_group(1, 7, rendezvous=True)))  # forming: join with the manifest's offset/size
+        assert sink.calls[0] == ("init", {**INIT, "rank_offset": 3, "world_size": 5})
+        assert r.nccl_group == 7
+        await r.receive(stream(in_group(2, 7, rendezvous=False)))  # same group: no new rendezvous
+        # a re-push of the serving version inside the group still receives: the broadcast is collective
+        await r.receive(stream(in_group(2, 7, rendezvous=False)))
+        assert [c[0] for c in sink.calls] == ["init", "update", "update", "update"]
+        with pytest.raises(InvalidArgument, match="rank_offset 5"):
+            bad = in_group(3, 8, rendezvous=True)
+            bad[0].manifest.nccl.rank_offset = 5
+            await r.receive(stream(bad))
+
+    asyncio.run(scenario())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -98,3 +100,36 @@ def test_check_against_names_dtypes_shapes() -> None:
         check_against(manifest.manifest, [expected[0], TensorShape("b.bias", "float32", (3,)), expected[2]])
     with pytest.raises(WeightStreamError, match="shape"):
         check_against(manifest.manifest, [TensorShape("a.weight", "float32", (5, 7)), *expected[1:]])
+
+
+def test_pairs_consumed_once_pack_like_the_mapping_and_chunks_replay_without_repacking() -> None:
+    from torl.common.weight_stream import pack
+
+    sd = state()
+    consumed: list[str] = []
+
+    def gathered() -> Iterator[tuple[str, torch.Tensor]]:  # what a layer-by-layer gather yields
+        for name, t in sd.items():
+            consumed.append(name)
+            yield name, t
+
+    packed = pack(gathered(), V1)
+    assert consumed == list(sd)  # one pass
+    assert packed.manifest == next(iter(pack_weights(sd, V1))).manifest
+    first = [c.SerializeToString() for c in packed.chunks(16)]
+    again = [c.SerializeToString() for c in packed.chunks(16)]  # a second replica, or a retry
+    assert first == again and consumed == list(sd)
+    out = assemble(packed.chunks(7))
+    assert all(torch.equal(out[k], v) for k, v in sd.items())
+
+
+def test_pack_views_cpu_contiguous_tensors_without_copying() -> None:
+    from torl.common.weight_stream import pack
+
+    sd = state()
+    packed = pack(sd, V1)
+    for t, kept in zip(sd.values(), packed.keep, strict=True):
+        assert kept.data_ptr() == t.data_ptr()  # the push holds a view, not a copy
+    strided = {"t": torch.arange(12, dtype=torch.float32).reshape(3, 4).t()}  # not contiguous: one copy
+    out = assemble(pack(strided, V1).chunks())
+    assert torch.equal(out["t"], strided["t"])
