@@ -9,6 +9,7 @@ rank group's `iter_weights`, which every rank runs (ZeRO-3 gathers one module at
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from torl.learner import metrics as m
 from torl.learner.buffer import RedisBuffer
 from torl.learner.config import WeightSyncSettings
 from torl.learner.source import TrainingError
-from torl.learner.weight_sync import AsyncPusher, WeightSender
+from torl.learner.weight_sync import AsyncPusher, make_weight_sender
 from torl.v1 import common_pb2
 
 log = get_logger("torl.learner.publisher")
@@ -30,13 +31,19 @@ class WeightPublisher:
         self.engine = engine
         self.buffer = buffer
         self.dtype: torch.dtype = getattr(torch, cfg.dtype)
-        self.sender = WeightSender(cfg)
+        self.sender = make_weight_sender(cfg)  # gRPC stream or NCCL broadcast (weight_sync.transport)
         self.pusher: AsyncPusher | None = AsyncPusher(self.sender) if asynchronous else None
         self.repushes = 0  # pushes of the current weights to replicas found behind
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        # The whole iterator is drained: under ZeRO-3 every rank gathers in lockstep with it.
-        return dict(self.engine.iter_weights(self.dtype))
+    def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) pairs, gathered as they are consumed: the sender packs them once, in this thread,
+        while every other rank gathers in lockstep (ZeRO-3: one module at a time)."""
+        pairs = iter(self.engine.iter_weights(self.dtype))
+        try:
+            yield from pairs
+        finally:
+            for _ in pairs:  # a sender that stopped early (an error) must not leave the other ranks mid-gather
+                pass
 
     def push(self, version: common_pb2.WeightVersion, wait: bool) -> tuple[float, int]:
         """Push the current weights; (seconds spent here, replicas that failed)."""
