@@ -26,19 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from torl.learner.datasets import arith_problem
+from torl.rollout.config import TIR_BASE_0309
 
-TEMPLATE = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it.\n"
-    "User: Please integrate natural language reasoning with programs to solve the problem above, "
-    "and put your final answer within \\boxed{{}}.\n{problem}\nAssistant:"
-)
+TEMPLATE = TIR_BASE_0309  # the rollout's template, so the corpus matches what RL prompts look like
 EOS = "<|endoftext|>"
 STAMP = "torl_pretrain.json"
 
 # One opener: the problem sits at a fixed offset before the code, so copying it is a fixed-offset
 # attention pattern rather than a content-matching (induction) task for a ~1M-parameter model.
-_TOOL_OPENERS = (" Let me compute it with Python.",)
-_DIRECT = (" The result is \\boxed{{{g}}}.", " It is \\boxed{{{g}}}.", " The answer is \\boxed{{{g}}}.")
+_TOOL_OPENERS = ("Let me compute it with Python.",)
+_DIRECT = ("The result is \\boxed{{{g}}}.", "It is \\boxed{{{g}}}.", "The answer is \\boxed{{{g}}}.")
 
 
 @dataclass(frozen=True)
@@ -55,6 +52,9 @@ class PretrainSpec:
     stages: tuple[Stage, ...] = field(default_factory=lambda: (Stage(0.85, 700, 3e-3, 0.6), Stage(0.3, 40, 5e-4)))
     batch_size: int = 16
     seq_len: int = 256
+    # Part of the cache key: 2 = the template ends with "Assistant:\n" (tir_base_0309), so a model
+    # pretrained on the old corpus is never reused.
+    corpus_version: int = 2
     direct_correct_fraction: float = 0.05  # a direct answer is rarely right
     # Start from freshly initialized weights (the kit's architecture and tokenizer only). Measured
     # here: from the kit's briefly trained weights, 550 steps never learned to copy digits (loss at
@@ -80,7 +80,7 @@ def transcript_parts(
     """
     problem, answer = arith_problem(rng)
     expr = problem.removeprefix("What is ").removesuffix("?")
-    prompt = f"{problem}\nAssistant:" if short else TEMPLATE.format(problem=problem)
+    prompt = f"{problem}\nAssistant:\n" if short else TEMPLATE.format(problem=problem)
     if tool:
         return [
             (prompt, False),
