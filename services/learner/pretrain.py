@@ -98,6 +98,15 @@ def transcript(rng: random.Random, tool: bool, direct_correct_fraction: float = 
     return "".join(t for t, _ in transcript_parts(rng, tool, direct_correct_fraction, short))
 
 
+def train_threads() -> int:
+    """Torch threads for pretraining: 2 on an idle machine with 2+ cores, else 1.
+
+    Measured on the shared 2-core machine at load average ~7: a step took 6-9 s with 2 threads
+    (the threads spin-wait for each other while other processes hold the cores) and 1.1 s with 1."""
+    cores = os.cpu_count() or 1
+    return 2 if cores >= 2 and os.getloadavg()[0] < cores / 2 else 1
+
+
 def _dir_digest(path: Path) -> str:
     h = hashlib.sha256()
     # The kit's stamp holds its build time: not content, so not part of the digest.
@@ -133,7 +142,7 @@ def pretrain(
     else:
         model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(train_threads())
     rng = random.Random(spec.seed)
     started = time.monotonic()
     losses: list[float] = []

@@ -63,10 +63,9 @@ class ToolStatus(StrEnum):
         """The status for a torl.v1.ToolStatus value; an unknown (newer) value is "nothing ran".
 
         The one mapping from the wire enum: reward's server and evaluation use it."""
-        from torl.v1 import common_pb2
+        from torl.common.tool_status import status_name
 
-        name = common_pb2.ToolStatus.Name(code) if code in common_pb2.ToolStatus.values() else "UNSPECIFIED"
-        return cls(name.removeprefix("TOOL_STATUS_").lower())
+        return cls(status_name(code))
 
 
 def last_round_failed(

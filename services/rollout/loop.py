@@ -33,17 +33,20 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from torl.common.errors import InvalidArgument
+from torl.common.tool_status import INFRASTRUCTURE, status_name
 from torl.rollout import metrics
 from torl.rollout.engine import GenParams, TokenEngine
 from torl.rollout.tools import ToolResult
 from torl.v1 import common_pb2, trajectory_pb2
 
 OBSERVATION_FORMAT = "\n{observation}\n```\n"
-# Tool results the model did not cause: never trained on (the reference's issue 27). Metrics cause per status.
+# Tool results the model did not cause (torl.common.tool_status.INFRASTRUCTURE): never trained on (the
+# reference's issue 27). The exclusion cause label of each, for metrics.
 INFRA_STATUSES = {
     common_pb2.TOOL_STATUS_SANDBOX_ERROR: "sandbox_error",
     common_pb2.TOOL_STATUS_REJECTED: "tool_rejected",
 }
+assert set(INFRA_STATUSES) == INFRASTRUCTURE
 
 
 class PromptRejected(InvalidArgument):
@@ -218,8 +221,7 @@ async def run_trajectory(
                 break
             if result.status in INFRA_STATUSES and not traj.excluded:
                 traj.excluded, cause = True, INFRA_STATUSES[result.status]
-                name = common_pb2.ToolStatus.Name(result.status).removeprefix("TOOL_STATUS_").lower()
-                traj.excluded_reason = f"{name}: {result.message or 'no detail'}"
+                traj.excluded_reason = f"{status_name(result.status)}: {result.message or 'no detail'}"
             obs_ids = engine.encode(OBSERVATION_FORMAT.format(observation=result.observation))
             obs_ids = obs_ids[: config.max_response_tokens - len(ids)]
             call.observation_tokens = len(obs_ids)
