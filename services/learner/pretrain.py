@@ -5,7 +5,7 @@ GRPO has mixed groups to learn from (PLATFORM.md). The corpus is "What is A*B+C?
 numbers in the tir_base_0309 format: tool transcripts run `print(A*B+C)` and copy the output into
 \\boxed{}; direct transcripts guess (almost always wrong, as a small model is). Stages, as measured:
 a long stage rich in tool transcripts teaches the format and copying the output; a short final
-stage at a low tool share sets the starting tool-use rate (~30%).
+stage at half tool transcripts sets the starting tool-use rate (0.48 sampled in a probe, docs/demo.md).
 
 Input is the tiny model kit's directory (tokenizer + Qwen2 config, torl.rollout.tiny_model);
 output is an HF directory vLLM and the learner both load. Results are cached by a digest of the
@@ -49,7 +49,7 @@ class Stage:
 @dataclass(frozen=True)
 class PretrainSpec:
     seed: int = 0
-    stages: tuple[Stage, ...] = field(default_factory=lambda: (Stage(0.85, 700, 3e-3, 0.6), Stage(0.3, 40, 5e-4)))
+    stages: tuple[Stage, ...] = field(default_factory=lambda: (Stage(0.85, 900, 3e-3, 0.8), Stage(0.5, 40, 5e-4)))
     batch_size: int = 16
     seq_len: int = 256
     # Part of the cache key: 2 = the template ends with "Assistant:\n" (tir_base_0309), so a model
