@@ -34,10 +34,17 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Problem:
+    """One problem with its reference answer: the one type for training (learner) and evaluation."""
+
     id: str
     problem: str
     answer: str
-    source: str
+    dataset: str  # the row's "source" field, else the name it was loaded under, else the file's stem
+
+    @property
+    def source(self) -> str:
+        """Alias of `dataset` (the evaluation runner's older name for it)."""
+        return self.dataset
 
 
 def default_data_dir() -> Path:
@@ -75,7 +82,13 @@ def verify_file(data_dir: Path, rel: str) -> Path:
 
 
 def read_problems(path: Path, source: str = "") -> list[Problem]:
-    """Problems from a JSONL or Parquet file with string fields id, problem, answer (source optional)."""
+    """Problems from a JSONL or Parquet file of {id, problem, answer} (source optional); the one reader.
+
+    A row without an id gets `<file stem>-<i>`, i its 0-based position among the file's rows (blank
+    lines are not rows), the same in training and evaluation. `answer` may be a JSON number (kept as
+    its text). A bad row is a `DatasetError` naming the file and row; a file with no rows is one too."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq  # optional dependency, only for Parquet inputs
 
@@ -93,17 +106,23 @@ def read_problems(path: Path, source: str = "") -> list[Problem]:
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise DatasetError(f"{path}:{n}: expected an object")
-        missing = [k for k in ("problem", "answer") if not isinstance(row.get(k), str) or not row.get(k)]
+        answer = row.get("answer")
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)
+        fields = (("problem", row.get("problem")), ("answer", answer))
+        missing = [k for k, v in fields if not isinstance(v, str) or not v]
         if missing:
             raise DatasetError(f"{path}:{n}: missing or non-string field(s) {', '.join(missing)}")
         problems.append(
             Problem(
                 id=str(row.get("id") or f"{path.stem}-{n - 1}"),
                 problem=row["problem"],
-                answer=row["answer"],
-                source=str(row.get("source") or source or path.stem),
+                answer=str(answer),
+                dataset=str(row.get("source") or source or path.stem),
             )
         )
+    if not problems:
+        raise DatasetError(f"{path}: holds no problems")
     return problems
 
 

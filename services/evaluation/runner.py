@@ -24,10 +24,11 @@ import grpc
 from torl.common.config import TlsClientSettings
 from torl.common.datasets import Problem
 from torl.common.grpc_client import aio_channel
+from torl.common.tool_status import MODEL_FAILED
 from torl.evaluation.scoring import DatasetSummary, EvalRun, SampleRecord, markdown_table, summarize
 from torl.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc, trajectory_pb2
 
-_FAILED_CODE = (common_pb2.TOOL_STATUS_ERROR, common_pb2.TOOL_STATUS_TIMEOUT)
+_FAILED_CODE = MODEL_FAILED  # torl.common.tool_status: the one meaning of a code error
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def grade(
     from torl.reward.rules import ToolStatus
 
     def status(code: int) -> ToolStatus:
-        return ToolStatus(common_pb2.ToolStatus.Name(code).removeprefix("TOOL_STATUS_").lower())
+        return ToolStatus.from_proto(code)
 
     items = []
     for p, g in zip(problems, groups, strict=True):

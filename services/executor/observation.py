@@ -17,20 +17,21 @@ LONG_CHARS = 256
 
 
 def observation(stdout: str, stderr: str, exit_code: int) -> str:
-    """ToRL's observation for one run.
+    """ToRL's observation for one run (GAIR-NLP/ToRL verl/workers/rollout/vllm_rollout/vllm_rollout_spmd.py).
 
-    stdout if the exit code is 0 or stdout is non-empty, else stderr; if that text contains
-    "Error", only its last line is kept (trailing line breaks are ignored, so a traceback gives
-    its final `XxxError: ...` line); an empty text becomes the "Timed Out" text; the result is
-    stripped, and if 256 characters or longer cut to the first 128 + "..." + the last 128.
+    stdout if the exit code is 0 or stdout is non-empty, else stderr (:229-232); if that text
+    contains "Error", only the last line of the stripped text is kept, so a traceback gives its
+    final `XxxError: ...` line (:319); a text that is empty or whitespace only (`print()`) becomes
+    the "Timed Out" text (:320); the result is stripped, and if 256 characters or longer cut to the
+    first 128 + "..." + the last 128 (:321-323).
     """
     return _from_text(stdout if exit_code == 0 or stdout else stderr)
 
 
 def _from_text(text: str) -> str:
     if "Error" in text:
-        text = text.rstrip().split("\n")[-1]
-    if not text:
+        text = text.strip().split("\n")[-1]
+    if not text.strip():
         text = TIMED_OUT_TEXT
     text = text.strip()
     if len(text) >= LONG_CHARS:

@@ -14,22 +14,14 @@ so the position of the feed (saved in checkpoints) is all that is needed to cont
 from __future__ import annotations
 
 import importlib
-import json
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from torl.common.datasets import Problem as Problem  # the one Problem type, re-exported for the learner
+from torl.common.datasets import read_problems
 from torl.learner.config import DataSettings
-
-
-@dataclass(frozen=True)
-class Problem:
-    id: str
-    problem: str
-    answer: str
-    dataset: str
 
 
 class Dataset(Protocol):
@@ -46,24 +38,8 @@ class Verifier(Protocol):
 
 
 def read_jsonl(path: str | Path, dataset: str) -> list[Problem]:
-    """Problems from a JSONL file of {id, problem, answer}; a bad line is an error naming the line."""
-    out: list[Problem] = []
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"dataset file {p} not found")
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                out.append(Problem(str(row.get("id", f"{p.stem}-{n}")), str(row["problem"]), str(row["answer"]),
-                                   dataset))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{p}:{n}: not a problem row ({e})") from e
-    if not out:
-        raise ValueError(f"dataset file {p} holds no problems")
-    return out
+    """Problems from a JSONL/Parquet file: `torl.common.datasets.read_problems`, the one reader."""
+    return read_problems(Path(path), source=dataset)
 
 
 class JsonlDataset:

@@ -5,7 +5,7 @@ GRPO has mixed groups to learn from (PLATFORM.md). The corpus is "What is A*B+C?
 numbers in the tir_base_0309 format: tool transcripts run `print(A*B+C)` and copy the output into
 \\boxed{}; direct transcripts guess (almost always wrong, as a small model is). Stages, as measured:
 a long stage rich in tool transcripts teaches the format and copying the output; a short final
-stage at a low tool share sets the starting tool-use rate (~30%).
+stage at half tool transcripts sets the starting tool-use rate (0.48 sampled in a probe, docs/demo.md).
 
 Input is the tiny model kit's directory (tokenizer + Qwen2 config, torl.rollout.tiny_model);
 output is an HF directory vLLM and the learner both load. Results are cached by a digest of the
@@ -26,19 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from torl.learner.datasets import arith_problem
+from torl.rollout.config import TIR_BASE_0309
 
-TEMPLATE = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it.\n"
-    "User: Please integrate natural language reasoning with programs to solve the problem above, "
-    "and put your final answer within \\boxed{{}}.\n{problem}\nAssistant:"
-)
+TEMPLATE = TIR_BASE_0309  # the rollout's template, so the corpus matches what RL prompts look like
 EOS = "<|endoftext|>"
 STAMP = "torl_pretrain.json"
 
 # One opener: the problem sits at a fixed offset before the code, so copying it is a fixed-offset
 # attention pattern rather than a content-matching (induction) task for a ~1M-parameter model.
-_TOOL_OPENERS = (" Let me compute it with Python.",)
-_DIRECT = (" The result is \\boxed{{{g}}}.", " It is \\boxed{{{g}}}.", " The answer is \\boxed{{{g}}}.")
+_TOOL_OPENERS = ("Let me compute it with Python.",)
+_DIRECT = ("The result is \\boxed{{{g}}}.", "It is \\boxed{{{g}}}.", "The answer is \\boxed{{{g}}}.")
 
 
 @dataclass(frozen=True)
@@ -52,9 +49,12 @@ class Stage:
 @dataclass(frozen=True)
 class PretrainSpec:
     seed: int = 0
-    stages: tuple[Stage, ...] = field(default_factory=lambda: (Stage(0.85, 700, 3e-3, 0.6), Stage(0.3, 40, 5e-4)))
+    stages: tuple[Stage, ...] = field(default_factory=lambda: (Stage(0.85, 900, 3e-3, 0.8), Stage(0.5, 40, 5e-4)))
     batch_size: int = 16
     seq_len: int = 256
+    # Part of the cache key: 2 = the template ends with "Assistant:\n" (tir_base_0309), so a model
+    # pretrained on the old corpus is never reused.
+    corpus_version: int = 2
     direct_correct_fraction: float = 0.05  # a direct answer is rarely right
     # Start from freshly initialized weights (the kit's architecture and tokenizer only). Measured
     # here: from the kit's briefly trained weights, 550 steps never learned to copy digits (loss at
@@ -80,7 +80,7 @@ def transcript_parts(
     """
     problem, answer = arith_problem(rng)
     expr = problem.removeprefix("What is ").removesuffix("?")
-    prompt = f"{problem}\nAssistant:" if short else TEMPLATE.format(problem=problem)
+    prompt = f"{problem}\nAssistant:\n" if short else TEMPLATE.format(problem=problem)
     if tool:
         return [
             (prompt, False),
@@ -96,6 +96,15 @@ def transcript_parts(
 def transcript(rng: random.Random, tool: bool, direct_correct_fraction: float = 0.05, short: bool = False) -> str:
     """The full text of one transcript (see transcript_parts)."""
     return "".join(t for t, _ in transcript_parts(rng, tool, direct_correct_fraction, short))
+
+
+def train_threads() -> int:
+    """Torch threads for pretraining: 2 on an idle machine with 2+ cores, else 1.
+
+    Measured on the shared 2-core machine at load average ~7: a step took 6-9 s with 2 threads
+    (the threads spin-wait for each other while other processes hold the cores) and 1.1 s with 1."""
+    cores = os.cpu_count() or 1
+    return 2 if cores >= 2 and os.getloadavg()[0] < cores / 2 else 1
 
 
 def _dir_digest(path: Path) -> str:
@@ -133,7 +142,7 @@ def pretrain(
     else:
         model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(train_threads())
     rng = random.Random(spec.seed)
     started = time.monotonic()
     losses: list[float] = []

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torl.common.logging import get_logger
+from torl.common.tool_status import code_error_rate
 from torl.learner import metrics as m
 from torl.learner.config import TrackingSettings
 from torl.v1 import common_pb2, trajectory_pb2
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from torl.learner.source import StepData
 
 log = get_logger("torl.learner.sink")
-TOOL_OK = common_pb2.TOOL_STATUS_OK
 
 
 def trajectory_stats(groups: list[trajectory_pb2.TrajectoryGroup]) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def trajectory_stats(groups: list[trajectory_pb2.TrajectoryGroup]) -> dict[str, 
         "accuracy": sum(1 for t in trajs if t.correct) / n,
         "tool_use_rate": sum(1 for t in trajs if len(t.tool_calls) > 0) / n,
         "tool_calls_per_response": len(calls) / n,
-        "code_error_rate": (sum(1 for c in calls if c.status != TOOL_OK) / len(calls)) if calls else 0.0,
+        "code_error_rate": code_error_rate(c.status for c in calls),
         "response_tokens": sum(len(t.token_ids) for t in trajs) / n,
         "reward_by_reason": dict(reasons),
     }

@@ -2,9 +2,11 @@
 
 Two layers, as the design asks:
 - `quick_judge` (cheap, no sympy; runs in the caller's process): the usual MATH string
-  normalizations, numbers compared with a relative tolerance, and shape guards (a set is never a
-  tuple or interval). It answers definitively when it can, and None when a symbolic judge is needed.
-- `full_judge` (runs inside a worker process, see pool.py): math-verify parse + verify with its
+  normalizations, numbers compared exactly (a tolerance only where a side is an inexact decimal,
+  see `numbers_equal`), and shape guards (a set is never a tuple or interval). It answers
+  definitively when it can, and None when a symbolic judge is needed.
+- `full_judge` (runs inside a worker process, see pool.py): function definitions compared with
+  their variables renamed (`g(t)=2t` is `g(s)=2s`), math-verify parse + verify with its
   signal-based timeouts, then the structural string fallback (tuples, sets, comma lists compared
   element by element with the same normalizations).
 
@@ -35,6 +37,10 @@ _SQRT_SHORT_RE = re.compile(r"\\sqrt\s*(\d)")
 _THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _ASSIGN_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*(?!.*=)")
 _CHOICE_RE = re.compile(r"^\(?([A-Ea-e])\)?$")
+_ARTICLE_RE = re.compile(r"^(?:a|an|the)\s+(?=[A-Za-z])", re.IGNORECASE)
+_WORDS_RE = re.compile(r"[A-Za-z][A-Za-z \-]*")
+_TRAILING_DOT_RE = re.compile(r"(\d)\.(?![\d\\])")  # "7./4" → "7/4"; "1.\overline{3}" keeps its dot
+_VECTOR_RE = re.compile(r"^\\begin\{([pb])matrix\}(.*)\\end\{\1matrix\}$", re.DOTALL)
 _UNIT_WORDS = (
     "square units|square feet|square inches|square meters|square centimeters|sq units|units|unit|"
     "dollars|dollar|cents|cent|degrees|degree|cm|mm|km|meters|meter|centimeters|inches|inch|feet|foot|"
@@ -63,6 +69,25 @@ def _unwrap_text_commands(s: str) -> str:
     return s
 
 
+def _vector_as_tuple(s: str) -> str:
+    """A one-column pmatrix/bmatrix (a vector, MATH's notation) → the tuple `(a,b,...)`.
+
+    MATH writes vectors as column matrices; a tuple with the same entries in order is the same
+    vector. A row matrix or anything with two or more columns stays a matrix."""
+    m = _VECTOR_RE.fullmatch(s)
+    if not m:
+        return s
+    body = m.group(2).strip().removesuffix("\\\\")
+    rows = [r.strip() for r in body.split("\\\\")]
+    cells = [[c.strip() for c in r.split("&")] for r in rows]
+    if len(cells) < 2 or any(len(r) != 1 for r in cells):
+        return s  # a row vector or a matrix: not a tuple (a row is not a column)
+    items = [r[0] for r in cells]
+    if any(not i or "\\begin" in i for i in items):
+        return s
+    return "(" + ",".join(items) + ")"
+
+
 def normalize(answer: str) -> str:
     """A canonical string form of an answer (the MATH normalizations plus a few more)."""
     s = answer.strip()
@@ -70,6 +95,9 @@ def normalize(answer: str) -> str:
     s = _UNIT_SUFFIX_RE.sub(r"\1", s.strip()) if _UNIT_SUFFIX_RE.match(s.strip()) else s
     s = _unwrap_text_commands(s)
     s = _UNIT_SUFFIX_RE.sub(r"\1", s.strip()) if _UNIT_SUFFIX_RE.match(s.strip()) else s
+    if _WORDS_RE.fullmatch(s.strip()):  # a word answer: "a parabola" is "parabola"
+        s = _ARTICLE_RE.sub("", s.strip())
+    s = _vector_as_tuple(s.strip())
     s = _SIZING_RE.sub("", s)
     s = _SPACING_RE.sub("", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
@@ -85,6 +113,7 @@ def normalize(answer: str) -> str:
     s = _FRAC_SHORT_RE.sub(r"\\frac{\1}{\2}", s)
     s = _FRAC_HALF_SHORT_RE.sub(r"\\frac{\1}{\2}", s)
     s = _SQRT_SHORT_RE.sub(r"\\sqrt{\1}", s)
+    s = _TRAILING_DOT_RE.sub(r"\1", s)
     if _THOUSANDS_RE.match(s):
         s = s.replace(",", "")
     if s.startswith("."):
@@ -148,12 +177,38 @@ def parse_number(s: str) -> Fraction | None:
     return None
 
 
-def numbers_close(a: Fraction, b: Fraction, rel_tol: float) -> bool:
+def decimal_unit(s: str) -> Fraction | None:
+    """The place value of the last written digit of a decimal with a fractional part (`0.333` → 1/1000), else None.
+
+    Only a plain decimal with digits after its point is inexact: integers, fractions, e-notation,
+    radicals and every other exact form have no unit and compare exactly."""
+    if not _DEC_RE.fullmatch(s) or "." not in s:
+        return None
+    digits = len(s.split(".", 1)[1])
+    return Fraction(1, 10**digits) if digits else None
+
+
+def numbers_equal(a: Fraction, b: Fraction, unit_a: Fraction | None, unit_b: Fraction | None,
+                  rel_tol: float) -> bool:
+    """Exact equality, except where a side is an inexact decimal: then a relative tolerance.
+
+    `unit_a`/`unit_b` (see `decimal_unit`) say whether each side is written as a decimal with a
+    fractional part. Only then may the values differ, by at most `rel_tol` relatively:
+    `0.3333333` is 1/3 and `0.30000000000000004` is 0.3, but two integers or any two exact forms
+    must be equal (1234567 is not 1234568, 1499999 is not 1.5e6)."""
     if a == b:
         return True
-    if rel_tol == 0.0:
+    if (unit_a is None and unit_b is None) or rel_tol == 0.0:
         return False
     return math.isclose(float(a), float(b), rel_tol=rel_tol, abs_tol=0.0)
+
+
+def _numbers(x: str, y: str, rel_tol: float) -> bool | None:
+    """Equal / not equal when both normalized answers are plain numbers, else None."""
+    a, b = parse_number(x), parse_number(y)
+    if a is None or b is None:
+        return None
+    return numbers_equal(a, b, decimal_unit(x), decimal_unit(y), rel_tol)
 
 
 # ---------------------------------------------------------------- structure
@@ -217,10 +272,7 @@ def _items(s: str, shape: Shape) -> list[str]:
 
 
 def _scalar_equal(a: str, b: str, rel_tol: float) -> bool:
-    if a == b:
-        return True
-    na, nb = parse_number(a), parse_number(b)
-    return na is not None and nb is not None and numbers_close(na, nb, rel_tol)
+    return a == b or bool(_numbers(a, b, rel_tol))
 
 
 def structural_equal(pred: str, ref: str, rel_tol: float) -> bool:
@@ -270,9 +322,9 @@ def quick_judge(pred: str, ref: str, rel_tol: float) -> Verdict | None:
     np_, nr = normalize(pred), normalize(ref)
     if np_ == nr:
         return Verdict(Outcome.EQUAL, "string")
-    a, b = parse_number(np_), parse_number(nr)
-    if a is not None and b is not None:
-        return Verdict(Outcome.EQUAL if numbers_close(a, b, rel_tol) else Outcome.NOT_EQUAL, "numeric")
+    numeric = _numbers(np_, nr, rel_tol)
+    if numeric is not None:
+        return Verdict(Outcome.EQUAL if numeric else Outcome.NOT_EQUAL, "numeric")
     if shapes_conflict(shape_of(np_), shape_of(nr)):
         return Verdict(Outcome.NOT_EQUAL, "shape")
     return None
@@ -297,6 +349,55 @@ def _mv_parse_reference(text: str, timeout_s: int) -> tuple[Any, ...]:
     return tuple(_mv_parse(text, timeout_s))
 
 
+_FUNC_DEF_RE = re.compile(
+    r"^([A-Za-z](?:_\{?\w+\}?)?)\s*\(\s*([A-Za-z](?:\s*,\s*[A-Za-z])*)\s*\)\s*=\s*(?!.*=)(.+)$", re.DOTALL
+)
+_CANONICAL_VARS = "xyzwuvpqrt"
+
+
+def _function_definition(s: str) -> tuple[str, list[str], str] | None:
+    """`g(t) = 2t` → ("g", ["t"], "2t") for an answer that defines a function, else None."""
+    m = _FUNC_DEF_RE.fullmatch(s.strip().strip("$").strip())
+    return (m.group(1), [v.strip() for v in m.group(2).split(",")], m.group(3).strip()) if m else None
+
+
+_SYMBOL_RE = re.compile(r"\\[A-Za-z]+|[A-Za-z]")
+
+
+def _letters(expr: str) -> set[str]:
+    """The single-letter symbols of a LaTeX expression (letters of commands such as \\tan are not symbols)."""
+    return {m for m in _SYMBOL_RE.findall(expr) if not m.startswith("\\")}
+
+
+def _rename(expr: str, old: list[str], new: list[str]) -> str:
+    mapping = dict(zip(old, new, strict=True))
+    return _SYMBOL_RE.sub(lambda m: mapping.get(m.group(0), m.group(0)), expr)
+
+
+def renamed_definitions(pred: str, ref: str) -> tuple[str, str] | None:
+    """Both answers define the same function name with as many variables, named differently: their
+    right-hand sides with the variables renamed alike (`g(t)=2t`, `g(s)=2s` → "2x", "2x").
+
+    The common names are letters that occur in neither side, so a constant is never captured and a
+    name math-verify reads as a unit (`s`, seconds) is not used."""
+    dp, dr = _function_definition(pred), _function_definition(ref)
+    if dp is None or dr is None or dp[0] != dr[0] or len(dp[1]) != len(dr[1]) or dp[1] == dr[1]:
+        return None
+    used = _letters(dp[2]) | _letters(dr[2])
+    free = [c for c in _CANONICAL_VARS if c not in used]
+    if len(free) < len(dr[1]):
+        return None
+    common = free[: len(dr[1])]
+    return _rename(dp[2], dp[1], common), _rename(dr[2], dr[1], common)
+
+
+def _expand_plus_minus(answer: str, other: str) -> str:
+    """`a \\pm b` → `a+b, a-b` when `other` lists values and has no \\pm itself (one \\pm only)."""
+    if answer.count("\\pm") != 1 or "\\pm" in other or len(split_top_level(other)) < 2:
+        return answer
+    return f"{answer.replace(chr(92) + 'pm', '+')}, {answer.replace(chr(92) + 'pm', '-')}"
+
+
 def full_judge(pred: str, ref: str, rel_tol: float, timeout_s: int) -> Verdict:
     """math-verify, then the structural fallback. Must run in a process's main thread (signals)."""
     from math_verify.errors import TimeoutException
@@ -304,7 +405,19 @@ def full_judge(pred: str, ref: str, rel_tol: float, timeout_s: int) -> Verdict:
     quick = quick_judge(pred, ref, rel_tol)
     if quick is not None:
         return quick
+    pred, ref = _expand_plus_minus(pred, ref), _expand_plus_minus(ref, pred)
+    renamed = renamed_definitions(pred, ref)
+    if renamed is not None:  # the same function with other variable names: compare the right-hand sides
+        pred, ref = renamed
+        quick = quick_judge(pred, ref, rel_tol)
+        if quick is not None:
+            return quick
     np_, nr = normalize(pred), normalize(ref)
+    # A vector written as a matrix is compared as its tuple (see `_vector_as_tuple`).
+    if _VECTOR_RE.fullmatch(pred.strip()) and np_.startswith("("):
+        pred = np_
+    if _VECTOR_RE.fullmatch(ref.strip()) and nr.startswith("("):
+        ref = nr
     timed_out = False
     parsed_pred = False
     try:

@@ -44,6 +44,7 @@ class ScoreItem:
     tool_statuses: tuple[ToolStatus, ...] = ()
     tool_rounds: int = 0
     id: str = ""
+    tool_passed: tuple[bool, ...] = ()  # per tool round: ran and succeeded as the reference counts it
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ class Grader:
         correct = p.reason is Reason.CORRECT
         # The execution penalty shapes the training signal only; eval rewards stay +1/-1.
         penalty = self.settings.penalty if p.item.mode is Mode.TRAINING else _NO_PENALTY
-        reward, penalized = reward_for(correct, p.item.tool_statuses, p.item.tool_rounds, penalty)
+        reward, penalized = reward_for(correct, p.item.tool_statuses, p.item.tool_rounds, penalty,
+                                       p.item.tool_passed)
         seconds = (p.finished or time.perf_counter()) - p.started
         metrics.SCORES.labels(reason=p.reason.value, mode=p.item.mode.value).inc()
         metrics.VERIFICATION_SECONDS.observe(seconds)
@@ -185,8 +187,9 @@ class Grader:
         tool_statuses: Sequence[ToolStatus] = (),
         tool_rounds: int = 0,
         id: str = "",
+        tool_passed: Sequence[bool] = (),
     ) -> ScoreResult:
-        item = ScoreItem(response, reference, mode, tuple(tool_statuses), tool_rounds, id)
+        item = ScoreItem(response, reference, mode, tuple(tool_statuses), tool_rounds, id, tuple(tool_passed))
         return self.score_batch([item])[0]
 
     def score_batch(self, items: Sequence[ScoreItem]) -> list[ScoreResult]:

@@ -29,14 +29,6 @@ _MODES = {
     reward_pb2.SCORE_MODE_TRAINING: Mode.TRAINING,
     reward_pb2.SCORE_MODE_EVAL: Mode.EVAL,
 }
-_TOOL_STATUSES = {
-    common_pb2.TOOL_STATUS_UNSPECIFIED: ToolStatus.NONE,
-    common_pb2.TOOL_STATUS_OK: ToolStatus.OK,
-    common_pb2.TOOL_STATUS_ERROR: ToolStatus.ERROR,
-    common_pb2.TOOL_STATUS_TIMEOUT: ToolStatus.TIMEOUT,
-    common_pb2.TOOL_STATUS_SANDBOX_ERROR: ToolStatus.SANDBOX_ERROR,
-    common_pb2.TOOL_STATUS_REJECTED: ToolStatus.REJECTED,
-}
 _REASONS = {
     Reason.CORRECT: common_pb2.REWARD_REASON_CORRECT,
     Reason.WRONG: common_pb2.REWARD_REASON_WRONG,
@@ -51,7 +43,7 @@ def item_from_proto(req: reward_pb2.ScoreRequest, where: str) -> ScoreItem:
     if mode is None:
         raise InvalidArgument(f"{where}.mode: unknown ScoreMode value {req.mode}")
     # An unknown (newer) status value is treated as "nothing ran": it can only add a penalty.
-    statuses = tuple(_TOOL_STATUSES.get(s, ToolStatus.NONE) for s in req.tool_statuses)
+    statuses = tuple(ToolStatus.from_proto(s) for s in req.tool_statuses)
     return ScoreItem(
         response=req.response,
         reference=req.reference,
@@ -59,6 +51,7 @@ def item_from_proto(req: reward_pb2.ScoreRequest, where: str) -> ScoreItem:
         tool_statuses=statuses,
         tool_rounds=req.tool_rounds,
         id=req.id,
+        tool_passed=tuple(req.tool_passed),
     )
 
 

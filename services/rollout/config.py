@@ -16,8 +16,11 @@ from torl.common.config import GrpcServerSettings, ServiceSettings, StrictModel,
 TIR_BASE_0309 = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it.\n"
     "User: Please integrate natural language reasoning with programs to solve the problem above, "
-    "and put your final answer within \\boxed{{}}.\n{problem}\nAssistant:"
+    "and put your final answer within \\boxed{{}}.\n{problem}\nAssistant:\n"
 )
+"""ToRL's `tir_base_0309` (GAIR-NLP/ToRL verl/utils/dataset/rl_dataset.py:33-34): the triple-quoted string closes
+on the line after "Assistant:", so the prompt ends with a newline. The one home of the template: the tiny-model
+kit and the pretraining corpus use it too."""
 
 
 class SamplingSettings(StrictModel):

@@ -4,18 +4,22 @@ For one prompt, `generate_group` runs n independent samples concurrently (while 
 its tool result the engine keeps generating the others). Each sample (`run_trajectory`):
 
 1. C+1 generation rounds for a budget of C tool calls. Rounds 1..C stop on "```output" (and
-   EOS); the last round has no stop string and runs to EOS or the response budget.
-2. When a tool round stopped on "```output", the program is the last ```python block of the
-   response so far, taken only if closed (a line starting with ``` closes it). With no complete
-   block nothing runs and generation simply continues. Every such round counts against C.
+   EOS); the last round has no stop string and runs to EOS or the response budget. Every round
+   generated with the stop string counts as a tool round (`tool_rounds`), whatever ended it.
+2. When a tool round stopped on "```output", the program is the reference's `extract_program`
+   applied to **this round's text** with the stop string left out: the last ```python block,
+   taken only if a later line starting with ``` closed it and it is not empty. With no such
+   block nothing runs (an earlier round's program is never re-run) and generation continues.
 3. The executor computes the observation text; we append the ids of "\\n{observation}\\n```\\n"
    with loss-mask 0 and logprob 0. Sampled ids and logprobs are kept exactly as sampled; model
    text is never re-tokenized.
-4. A tool call that failed for an infrastructure reason (sandbox_error, executor unreachable)
-   marks the trajectory `excluded` with the reason; model-caused failures (error, timeout) are
-   normal observations. An unreachable executor ends the trajectory (finish reason ERROR).
+4. A tool call that failed for an infrastructure reason (sandbox_error, rejected, executor
+   unreachable) marks the trajectory `excluded` with the reason; model-caused failures (error,
+   timeout) are normal observations. An unreachable executor ends the trajectory (finish reason ERROR).
 
-No transport here: the engine, the tool runner and the version source are passed in.
+Where this deliberately differs from the reference (token-in/out, exact masks, no lost round
+text) is listed in docs/rollout.md. No transport here: the engine, the tool runner and the
+version source are passed in.
 """
 
 from __future__ import annotations
@@ -29,13 +33,20 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from torl.common.errors import InvalidArgument
+from torl.common.tool_status import INFRASTRUCTURE, status_name
 from torl.rollout import metrics
 from torl.rollout.engine import GenParams, TokenEngine
 from torl.rollout.tools import ToolResult
 from torl.v1 import common_pb2, trajectory_pb2
 
 OBSERVATION_FORMAT = "\n{observation}\n```\n"
-INFRA_STATUSES = frozenset({common_pb2.TOOL_STATUS_SANDBOX_ERROR})
+# Tool results the model did not cause (torl.common.tool_status.INFRASTRUCTURE): never trained on (the
+# reference's issue 27). The exclusion cause label of each, for metrics.
+INFRA_STATUSES = {
+    common_pb2.TOOL_STATUS_SANDBOX_ERROR: "sandbox_error",
+    common_pb2.TOOL_STATUS_REJECTED: "tool_rejected",
+}
+assert set(INFRA_STATUSES) == INFRASTRUCTURE
 
 
 class PromptRejected(InvalidArgument):
@@ -72,22 +83,38 @@ class PreparedPrompt:
     truncated_from: int = 0  # original length when truncated, else 0
 
 
-def last_closed_python_block(text: str) -> str | None:
-    """The last ```python block of `text` if a later line starting with ``` closed it, else None."""
-    program: list[str] = []
+def extract_program(text: str) -> str | None:
+    """The reference's `extract_program(text, last_only=True)` (GAIR-NLP/ToRL
+    verl/workers/rollout/vllm_rollout/vllm_rollout_spmd.py:79-99), None where it returns "".
+
+    A line starting or ending with ```python opens a block (dropping any earlier one); a line
+    starting with ``` closes it; lines inside are kept, each with its newline. A block still open
+    at the end gives nothing, and so does an empty block (the reference runs a program only when
+    the text is non-empty, :102-105 and :304).
+    """
+    program = ""
     inside = False
-    found: str | None = None
     for line in text.split("\n"):
         if line.startswith("```python") or line.endswith("```python"):
-            program = []
+            program = ""
             inside = True
         elif line.startswith("```"):
-            if inside:
-                found = "\n".join(program) + "\n"
             inside = False
         elif inside:
-            program.append(line)
-    return None if inside else found
+            program += line + "\n"
+    if inside:
+        return None
+    return program or None
+
+
+def round_program(round_text: str, stop_string: str) -> str | None:
+    """The program a tool round runs: `extract_program` of this round's text up to the stop string.
+
+    The reference sees vLLM's text of the round, which leaves the stop string out (:279, :300), so the
+    "```output" line does not close an open block and earlier rounds' blocks are not seen.
+    """
+    cut = round_text.find(stop_string)
+    return extract_program(round_text if cut < 0 else round_text[:cut])
 
 
 def prepare_prompt(engine: TokenEngine, problem: str, config: LoopConfig, special_ids: frozenset[int],
@@ -160,10 +187,13 @@ async def run_trajectory(
                 traj.excluded, cause = True, "generation_failed"
                 traj.excluded_reason = f"generation failed: {type(e).__name__}: {e}"
                 break
+            round_start = len(ids)
             ids += out.token_ids
             logprobs += out.logprobs
             mask += [1] * len(out.token_ids)
             metrics.TOKENS.labels(kind="model").inc(len(out.token_ids))
+            if tool_round:
+                traj.tool_rounds += 1  # counts against C whatever ended it (the reference's counter, :270-272)
             if out.finish_reason == "length":
                 finish = trajectory_pb2.FINISH_REASON_LENGTH
                 break
@@ -174,13 +204,13 @@ async def run_trajectory(
                 break
             if not tool_round or out.stop_string != config.stop_string:
                 break  # EOS, or the last round ended
-            traj.tool_rounds += 1
-            code = last_closed_python_block(engine.decode(ids))
+            code = round_program(engine.decode(ids[round_start:]), config.stop_string)
             if code is None:
                 continue  # no complete block: nothing runs, generation continues
             result = await tools.run(code)
             call = traj.tool_calls.add(
-                round=round_index, status=result.status, seconds=result.seconds, message=result.message
+                round=round_index, status=result.status, seconds=result.seconds, message=result.message,
+                passed=result.passed,
             )
             metrics.TOOL_CALLS.labels(status=common_pb2.ToolStatus.Name(result.status)).inc()
             metrics.TOOL_WAIT_SECONDS.observe(result.seconds)
@@ -190,8 +220,8 @@ async def run_trajectory(
                 traj.excluded_reason = f"executor unreachable: {result.message}"
                 break
             if result.status in INFRA_STATUSES and not traj.excluded:
-                traj.excluded, cause = True, "sandbox_error"
-                traj.excluded_reason = f"sandbox_error: {result.message or 'no detail'}"
+                traj.excluded, cause = True, INFRA_STATUSES[result.status]
+                traj.excluded_reason = f"{status_name(result.status)}: {result.message or 'no detail'}"
             obs_ids = engine.encode(OBSERVATION_FORMAT.format(observation=result.observation))
             obs_ids = obs_ids[: config.max_response_tokens - len(ids)]
             call.observation_tokens = len(obs_ids)

@@ -64,7 +64,8 @@ WEIGHT_UPDATE_OUTCOMES = ("applied", "rejected", "stale", "failed")
 GROUP_OUTCOMES = ("stream", "dead", "lost_claim")
 RESUME_SOURCES = ("own_backlog", "claimed")
 EXCLUSION_CAUSES = (
-    "generation_failed", "generation_aborted", "executor_unreachable", "sandbox_error", "scoring_failed"
+    "generation_failed", "generation_aborted", "executor_unreachable", "sandbox_error", "tool_rejected",
+    "scoring_failed",
 )
 REJECTION_REASONS = ("empty", "bad_tokens", "too_long")
 

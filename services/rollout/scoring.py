@@ -19,14 +19,23 @@ from torl.v1 import common_pb2, reward_pb2, reward_pb2_grpc, trajectory_pb2
 def per_round_statuses(t: trajectory_pb2.Trajectory) -> list[int]:
     """One status per tool round, in order; TOOL_STATUS_UNSPECIFIED where the round ran no code.
 
-    The reward service's execution penalty looks at the last round, so a round whose response had
-    no complete ```python block must still hold its place in the list.
+    The reward service's execution penalty looks at the last round, so a round that ran nothing
+    (no complete ```python block, or it ended on EOS) must still hold its place in the list.
     """
     statuses = [common_pb2.TOOL_STATUS_UNSPECIFIED] * t.tool_rounds
     for call in t.tool_calls:
         if call.round < len(statuses):
             statuses[call.round] = call.status
     return statuses
+
+
+def per_round_passed(t: trajectory_pb2.Trajectory) -> list[bool]:
+    """Per tool round, aligned with `per_round_statuses`: did a program run and succeed as the reference counts it."""
+    passed = [False] * t.tool_rounds
+    for call in t.tool_calls:
+        if call.round < len(passed):
+            passed[call.round] = call.passed
+    return passed
 
 
 class RewardScorer:
@@ -48,6 +57,7 @@ class RewardScorer:
                 tool_statuses=per_round_statuses(t),
                 mode=reward_pb2.SCORE_MODE_TRAINING,
                 tool_rounds=t.tool_rounds,
+                tool_passed=per_round_passed(t),
             )
             for t in group.trajectories
         ]

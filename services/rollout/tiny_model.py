@@ -23,14 +23,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-PROMPT_TEMPLATE = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it.\n"
-    "User: Please integrate natural language reasoning with programs to solve the problem above, "
-    "and put your final answer within \\boxed{{}}.\n{problem}\nAssistant:"
-)
+from torl.rollout.config import TIR_BASE_0309
+
+PROMPT_TEMPLATE = TIR_BASE_0309  # ends with "Assistant:\n", as the reference's template
 EOS_TOKEN = "<|endoftext|>"
 STAMP_FILE = "torl_tiny_model.json"
-KIT_VERSION = 1  # bump when the builder's output changes for the same spec
+# Bump when the builder's output changes for the same spec. 2: the template ends with a newline (tir_base_0309).
+KIT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -73,13 +72,13 @@ def synthetic_transcript(rng: random.Random, tool: bool) -> str:
     prompt = PROMPT_TEMPLATE.format(problem=problem)
     if tool:
         response = (
-            " Let me compute it with Python.\n```python\n"
+            "Let me compute it with Python.\n```python\n"
             f"{code}\n```\n```output\n{answer}\n```\n"
             f"The answer is \\boxed{{{answer}}}."
         )
     else:
         guess = str(int(answer) + rng.randint(-50, 50))
-        response = f" The result is \\boxed{{{guess}}}."
+        response = f"The result is \\boxed{{{guess}}}."
     return prompt + response + EOS_TOKEN
 
 

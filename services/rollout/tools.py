@@ -40,6 +40,17 @@ class ToolResult:
     message: str
     seconds: float
     reachable: bool = True  # False: the executor could not be called (infrastructure failure)
+    passed: bool = False  # ran, and exit code 0 or non-empty stdout (the reference's success, see `passed`)
+
+
+RAN = frozenset({common_pb2.TOOL_STATUS_OK, common_pb2.TOOL_STATUS_ERROR, common_pb2.TOOL_STATUS_TIMEOUT})
+
+
+def passed(status: int, exit_code: int, stdout: str) -> bool:
+    """The reference's successful execution: the program ran and its exit code is 0 or its stdout is
+    non-empty (GAIR-NLP/ToRL vllm_rollout_spmd.py:229, execution_pass :312-314). A program that
+    printed and then raised counts; a run that never started (rejected, sandbox_error) does not."""
+    return status in RAN and (exit_code == 0 or stdout != "")
 
 
 @dataclass
@@ -125,6 +136,7 @@ class ExecutorTools:
                             observation=r.observation,
                             message=r.message,
                             seconds=time.perf_counter() - p.queued_at,
+                            passed=passed(int(r.status), r.exit_code, r.stdout),
                         )
                     )
         except (grpc.aio.AioRpcError, RuntimeError) as e:

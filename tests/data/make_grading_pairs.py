@@ -225,7 +225,8 @@ HARD: list[tuple[str, str, bool, str, str]] = [
     ("\\begin{pmatrix} 1/2 \\\\ -3 \\end{pmatrix}", "\\begin{pmatrix} \\frac{1}{2} \\\\ -3 \\end{pmatrix}", True,
      "matrix", "training"),
     ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\end{pmatrix}", False, "matrix", "training"),
-    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "(1, 2)", False, "matrix", "training"),
+    # A column vector is the tuple of its entries (MATH's vector notation; issue 16 relabelled this pair).
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "(1, 2)", True, "matrix", "training"),
     # multiple choice
     ("(A)", "A", True, "multiple_choice", "training"),
     ("\\text{(B)}", "B", True, "multiple_choice", "training"),
@@ -345,6 +346,135 @@ HARD: list[tuple[str, str, bool, str, str]] = [
 ]
 
 
+# Classes a new user found wrong verdicts in (issue 16), both directions: equivalent forms and
+# near misses. Integers and exact forms compare exactly; only inexact decimals get a tolerance.
+CLASSES: list[tuple[str, str, bool, str, str]] = [
+    # integers are exact: no relative tolerance between two integers
+    ("1234567", "1234568", False, "integer_exact", "training"),
+    ("1234568", "1234567", False, "integer_exact", "training"),
+    ("1000000", "1000001", False, "integer_exact", "training"),
+    ("9999999", "10000000", False, "integer_exact", "training"),
+    ("123456789", "123456788", False, "integer_exact", "training"),
+    ("-2000001", "-2000000", False, "integer_exact", "training"),
+    ("1499999", "1.5e6", False, "integer_exact", "training"),
+    ("1500000", "1.5e6", True, "integer_exact", "training"),
+    ("1234567", "1234567", True, "integer_exact", "training"),
+    ("1234567.0", "1234567", True, "integer_exact", "training"),
+    ("2^{20}", "1048576", True, "integer_exact", "training"),
+    ("1048577", "2^{20}", False, "integer_exact", "training"),
+    ("\\frac{1000001}{1000000}", "1", False, "integer_exact", "training"),
+    ("0.30000000000000004", "0.3", True, "integer_exact", "training"),
+    ("0.3333333333", "\\frac{1}{3}", True, "integer_exact", "training"),
+    ("0.33", "\\frac{1}{3}", False, "integer_exact", "training"),
+    # thousands separators
+    ("12,500", "12500", True, "thousands_separator", "training"),
+    ("12500", "12,500", True, "thousands_separator", "training"),
+    ("12{,}500", "12500", True, "thousands_separator", "training"),
+    ("12,500", "12{,}500", True, "thousands_separator", "training"),
+    ("12\\,500", "12500", True, "thousands_separator", "training"),
+    ("\\$12,500", "12500", True, "thousands_separator", "training"),
+    ("1,234,567", "1234567", True, "thousands_separator", "training"),
+    ("1,234,567.5", "1234567.5", True, "thousands_separator", "training"),
+    ("12,500 \\text{ dollars}", "12500", True, "thousands_separator", "training"),
+    ("12,500", "12501", False, "thousands_separator", "training"),
+    ("12,500", "1250", False, "thousands_separator", "training"),
+    ("1,250", "12500", False, "thousands_separator", "training"),
+    ("12{,}500", "125000", False, "thousands_separator", "training"),
+    ("1,234,567", "1234568", False, "thousands_separator", "training"),
+    ("12,500", "12", False, "thousands_separator", "training"),
+    # decimals written with a trailing dot
+    ("-2./5", "-\\frac{2}{5}", True, "trailing_dot_decimal", "training"),
+    ("7./4", "\\frac{7}{4}", True, "trailing_dot_decimal", "training"),
+    ("2./5", "0.4", True, "trailing_dot_decimal", "training"),
+    ("\\frac{3.}{4}", "0.75", True, "trailing_dot_decimal", "training"),
+    ("7./4", "1.75", True, "trailing_dot_decimal", "training"),
+    ("12.", "12", True, "trailing_dot_decimal", "training"),
+    ("(1., 2.)", "(1,2)", True, "trailing_dot_decimal", "training"),
+    ("-2./5", "\\frac{2}{5}", False, "trailing_dot_decimal", "training"),
+    ("7./4", "\\frac{7}{5}", False, "trailing_dot_decimal", "training"),
+    ("2./5", "0.5", False, "trailing_dot_decimal", "training"),
+    ("7./4", "\\frac{4}{7}", False, "trailing_dot_decimal", "training"),
+    ("(1., 3.)", "(1,2)", False, "trailing_dot_decimal", "training"),
+    ("1.\\overline{3}", "\\frac{4}{3}", True, "trailing_dot_decimal", "training"),
+    # \pm against the listed values
+    ("3 \\pm \\sqrt{2}", "3+\\sqrt{2}, 3-\\sqrt{2}", True, "plus_minus", "training"),
+    ("3 \\pm \\sqrt{2}", "3-\\sqrt{2}, 3+\\sqrt{2}", True, "plus_minus", "training"),
+    ("\\pm 2", "2, -2", True, "plus_minus", "training"),
+    ("\\pm 2", "-2, 2", True, "plus_minus", "training"),
+    ("1 \\pm i", "1+i, 1-i", True, "plus_minus", "training"),
+    ("\\frac{1 \\pm \\sqrt{5}}{2}", "\\frac{1+\\sqrt{5}}{2}, \\frac{1-\\sqrt{5}}{2}", True, "plus_minus", "training"),
+    ("3 \\pm \\sqrt{3}", "3+\\sqrt{2}, 3-\\sqrt{2}", False, "plus_minus", "training"),
+    ("\\pm 2", "2", False, "plus_minus", "training"),
+    ("\\pm 3", "2, -2", False, "plus_minus", "training"),
+    ("1 \\pm 2i", "1+i, 1-i", False, "plus_minus", "training"),
+    ("-3 \\pm \\sqrt{2}", "3+\\sqrt{2}, 3-\\sqrt{2}", False, "plus_minus", "training"),
+    # equations whose variable names differ but define the same function
+    ("g(t)=2t", "g(s)=2s", True, "renamed_function", "training"),
+    ("g(s)=2s", "g(t)=2t", True, "renamed_function", "training"),
+    ("f(x)=x^2+1", "f(t)=t^2+1", True, "renamed_function", "training"),
+    ("f(t) = 1 + t^2", "f(x)=x^2+1", True, "renamed_function", "training"),
+    ("f(x)=\\tan x", "f(t)=\\tan t", True, "renamed_function", "training"),
+    ("f(x)=ax+b", "f(t)=at+b", True, "renamed_function", "training"),
+    ("f(x,y)=x-y", "f(a,b)=a-b", True, "renamed_function", "training"),
+    ("h(n)=\\frac{n(n+1)}{2}", "h(k)=\\frac{k(k+1)}{2}", True, "renamed_function", "training"),
+    ("p(z)=z^3-z", "p(x)=x^3-x", True, "renamed_function", "training"),
+    ("g(t)=2t", "g(s)=3s", False, "renamed_function", "training"),
+    ("g(t)=2t", "g(s)=2t", False, "renamed_function", "training"),
+    ("f(x)=x^2+1", "f(t)=t^2-1", False, "renamed_function", "training"),
+    ("f(x)=x^2+1", "g(t)=t^2+1", False, "renamed_function", "training"),
+    ("f(x)=ax+b", "f(t)=bt+a", False, "renamed_function", "training"),
+    ("f(x,y)=y-x", "f(a,b)=a-b", False, "renamed_function", "training"),
+    ("h(n)=\\frac{n(n-1)}{2}", "h(k)=\\frac{k(k+1)}{2}", False, "renamed_function", "training"),
+    # a vector as a matrix against a tuple
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "(1,2)", True, "vector_tuple", "training"),
+    ("(1,2)", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", True, "vector_tuple", "training"),
+    ("\\begin{bmatrix} 5 \\\\ 6 \\end{bmatrix}", "(5, 6)", True, "vector_tuple", "training"),
+    ("\\begin{bmatrix} -1 \\\\ 0 \\\\ 4 \\end{bmatrix}", "(-1, 0, 4)", True, "vector_tuple", "training"),
+    ("\\begin{pmatrix} \\frac{1}{2} \\\\ -3 \\end{pmatrix}", "(0.5,-3)", True, "vector_tuple", "training"),
+    ("\\begin{pmatrix} 1/\\sqrt{2} \\\\ 1 \\end{pmatrix}", "\\left(\\frac{\\sqrt{2}}{2}, 1\\right)", True,
+     "vector_tuple", "training"),
+    ("(3, -7)", "\\begin{pmatrix} 3 \\\\ -7 \\end{pmatrix}", True, "vector_tuple", "training"),
+    ("\\begin{pmatrix} 1 \\\\ 3 \\end{pmatrix}", "(1,2)", False, "vector_tuple", "training"),
+    ("\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}", "(1,2)", False, "vector_tuple", "training"),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\\\ 3 \\end{pmatrix}", "(1,2)", False, "vector_tuple", "training"),
+    ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "(1,2,3,4)", False, "vector_tuple", "training"),
+    ("(1,2)", "\\begin{pmatrix} 1 \\\\ -2 \\end{pmatrix}", False, "vector_tuple", "training"),
+    ("\\{1, 2\\}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", False, "vector_tuple", "training"),
+    ("\\begin{pmatrix} 1/\\sqrt{2} \\\\ 2 \\end{pmatrix}", "\\left(\\frac{\\sqrt{2}}{2}, 1\\right)", False,
+     "vector_tuple", "training"),
+    # word answers with or without an article
+    ("\\text{a parabola}", "\\text{parabola}", True, "text_article", "training"),
+    ("\\text{parabola}", "\\text{a parabola}", True, "text_article", "training"),
+    ("\\text{the parabola}", "\\text{parabola}", True, "text_article", "training"),
+    ("\\text{an ellipse}", "\\text{ellipse}", True, "text_article", "training"),
+    ("\\text{A Hyperbola}", "\\text{hyperbola}", True, "text_article", "training"),
+    ("\\text{a circle}", "\\text{(B) circle}", False, "text_article", "training"),
+    ("\\text{an ellipse}", "\\text{parabola}", False, "text_article", "training"),
+    ("\\text{a parabola}", "\\text{hyperbola}", False, "text_article", "training"),
+    ("\\text{the line}", "\\text{circle}", False, "text_article", "training"),
+    ("\\text{a}", "\\text{parabola}", False, "text_article", "training"),
+    ("\\text{parabolas}", "\\text{a parabola}", False, "text_article", "training"),
+    # percentages: the number written with or without the sign, never its decimal fraction
+    ("25\\%", "25", True, "percent_vs_decimal", "training"),
+    ("25", "25\\%", True, "percent_vs_decimal", "training"),
+    ("25 \\text{ percent}", "25\\%", True, "percent_vs_decimal", "training"),
+    ("12.5\\%", "12.5\\%", True, "percent_vs_decimal", "training"),
+    ("40\\%", "40", True, "percent_vs_decimal", "training"),
+    ("0.25", "25\\%", False, "percent_vs_decimal", "training"),
+    ("25\\%", "0.25", False, "percent_vs_decimal", "training"),
+    ("\\frac{1}{4}", "25\\%", False, "percent_vs_decimal", "training"),
+    ("0.125", "12.5\\%", False, "percent_vs_decimal", "training"),
+    ("0.4", "40", False, "percent_vs_decimal", "training"),
+    ("0.25\\%", "25\\%", False, "percent_vs_decimal", "training"),
+    ("26\\%", "25\\%", False, "percent_vs_decimal", "training"),
+]
+
+
+def classes() -> list[dict[str, object]]:
+    return [{"prediction": f"Working through it, we get $\\boxed{{{pred}}}$.", "reference": ref, "expected": expected,
+             "family": family, "source": "classes", "mode": mode} for pred, ref, expected, family, mode in CLASSES]
+
+
 def hard() -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for pred, ref, expected, family, mode in HARD:
@@ -356,7 +486,7 @@ def hard() -> list[dict[str, object]]:
 
 def main() -> None:
     rng = random.Random(20250305)
-    rows = generated(rng) + hard()
+    rows = generated(rng) + hard() + classes()
     OUT.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     n_true = sum(1 for r in rows if r["expected"])
     print(f"wrote {len(rows)} cases ({n_true} equivalent, {len(rows) - n_true} not) to {OUT}")

@@ -40,6 +40,19 @@ def test_labelled_set_agreement_is_at_least_99_percent(grader: Grader) -> None:
     assert agreement >= 0.99, "\n".join(wrong)
 
 
+@pytest.mark.timeout(120)
+def test_grading_classes_of_issue_16_agree_fully(grader: Grader) -> None:
+    """Integers exact, thousands separators, trailing-dot decimals, \\pm, renamed function variables,
+    vectors vs tuples, articles in word answers, percentages vs decimals: every labelled pair, both directions."""
+    rows = [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [r for r in rows if r["source"] == "classes"]
+    assert len(rows) >= 100 and {r["expected"] for r in rows} == {True, False}
+    results = grader.score_batch([ScoreItem(r["prediction"], r["reference"], Mode(r["mode"])) for r in rows])
+    wrong = [f"{r['family']}: {x.extracted_answer!r} vs {r['reference']!r} expected {r['expected']} got "
+             f"{x.reason.value} ({x.detail})" for r, x in zip(rows, results, strict=True) if x.correct != r["expected"]]
+    assert not wrong, "\n".join(wrong)
+
+
 @pytest.mark.timeout(60)
 def test_results_come_back_in_request_order_with_reasons(grader: Grader) -> None:
     items = [

@@ -237,7 +237,7 @@ def test_long_prompt_is_truncated_and_the_group_says_so(stack: Stack) -> None:
     full = len(tok.encode(TIR_BASE_0309.format(problem=problem), add_special_tokens=False))  # type: ignore[attr-defined]
     assert full > 400
     assert group.prompt_truncated_from == full and len(group.prompt_token_ids) == 400
-    assert tok.decode(list(group.prompt_token_ids)).endswith("Assistant:")  # type: ignore[attr-defined]
+    assert tok.decode(list(group.prompt_token_ids)).endswith("Assistant:\n")  # type: ignore[attr-defined]
     assert [n for n in group.notes if "prompt truncated" in n and "loop.prompt_overflow=truncate" in n]
     assert scrape(stack)[0]["torl_rollout_prompts_truncated_total"] >= 1
     short = generate(stack, n=1, has_max_tool_calls=True, max_tool_calls=0, max_tokens=8)

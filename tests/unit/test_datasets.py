@@ -14,7 +14,7 @@ from torl.common.datasets import BENCHMARKS, DatasetError, default_data_dir, loa
 def test_every_eval_set_loads(name: str) -> None:
     problems = load_benchmark(name)
     assert problems
-    assert all(p.problem and p.answer and p.source == name for p in problems)
+    assert all(p.problem and p.answer and p.dataset == name for p in problems)
     assert len({p.id for p in problems}) == len(problems)
 
 
@@ -37,7 +37,7 @@ def test_user_files(tmp_path: Path) -> None:
     good = tmp_path / "mine.jsonl"
     good.write_text('{"problem": "1+1?", "answer": "2"}\n\n{"id": "b", "problem": "2+2?", "answer": "4"}\n')
     probs = load_benchmark(str(good))
-    assert [(p.id, p.answer, p.source) for p in probs] == [("mine-0", "2", "mine"), ("b", "4", "mine")]
+    assert [(p.id, p.answer, p.dataset) for p in probs] == [("mine-0", "2", "mine"), ("b", "4", "mine")]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "x"}\n')
     with pytest.raises(DatasetError, match=r"bad.jsonl:1: missing or non-string field\(s\) answer"):
@@ -48,3 +48,22 @@ def test_user_files(tmp_path: Path) -> None:
         load_benchmark(str(broken))
     with pytest.raises(DatasetError, match="unknown dataset 'nope'"):
         load_benchmark("nope")
+
+
+def test_one_reader_numbers_id_less_rows_alike_for_training_and_eval(tmp_path: Path) -> None:
+    """The learner's JSONL dataset and `torl eval` read a file through the one reader: same ids, same Problem."""
+    from torl.learner.datasets import JsonlDataset, Problem
+
+    f = tmp_path / "mix.jsonl"
+    f.write_text('\n{"problem": "1+1?", "answer": 2}\n\n{"id": "b", "problem": "2+2?", "answer": "4"}\n'
+                 '{"problem": "3+3?", "answer": "6"}\n')
+    evaluated = load_benchmark(str(f))
+    trained = list(JsonlDataset(str(f), str(f)).train())
+    assert [p.id for p in evaluated] == [p.id for p in trained] == ["mix-0", "b", "mix-2"]
+    assert Problem is type(evaluated[0]) and evaluated[0].answer == "2"  # a JSON number is kept as its text
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DatasetError, match="holds no problems"):
+        JsonlDataset(str(empty), "")
+    with pytest.raises(DatasetError, match="file not found"):
+        JsonlDataset(str(tmp_path / "missing.jsonl"), "")

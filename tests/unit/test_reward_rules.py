@@ -31,6 +31,33 @@ def test_last_round_failed(statuses: tuple[ToolStatus, ...], rounds: int, failed
     assert last_round_failed(statuses, rounds) is failed
 
 
+@pytest.mark.parametrize(
+    ("statuses", "passed", "rounds", "failed"),
+    [
+        ((ERR,), (True,), 1, False),  # printed, then raised: the reference counts it a success
+        ((ToolStatus.TIMEOUT,), (True,), 1, False),  # partial stdout before the time limit
+        ((ERR,), (False,), 1, True),
+        ((OK, NONE), (True, False), 2, True),  # C >= 2: ran in round 1, round 2 ended without code
+        ((NONE, ERR), (False, True), 2, False),
+        ((OK,), (True,), 2, True),  # a round is missing from the lists: it ran nothing
+        ((OK, ERR), (True,), 2, True),  # passed not aligned with statuses: falls back to status OK
+    ],
+)
+def test_last_round_failed_reads_passed(
+    statuses: tuple[ToolStatus, ...], passed: tuple[bool, ...], rounds: int, failed: bool
+) -> None:
+    assert last_round_failed(statuses, rounds, passed) is failed
+
+
+def test_from_proto_is_the_one_wire_mapping() -> None:
+    from torl.v1 import common_pb2
+
+    assert ToolStatus.from_proto(common_pb2.TOOL_STATUS_REJECTED) is ToolStatus.REJECTED
+    assert ToolStatus.from_proto(common_pb2.TOOL_STATUS_UNSPECIFIED) is ToolStatus.NONE
+    assert ToolStatus.from_proto(99) is ToolStatus.NONE  # a newer value: "nothing ran"
+    assert {ToolStatus.from_proto(v) for v in common_pb2.ToolStatus.values()} == set(ToolStatus)
+
+
 def test_rewards_without_penalty() -> None:
     off = PenaltySettings()
     assert reward_for(True, (), 0, off) == (1.0, False)
