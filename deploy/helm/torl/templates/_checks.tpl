@@ -41,4 +41,30 @@ service configs as the pods will read them: (dict "root" $ "rollout" $cfg "learn
 {{- if lt $deadline $need -}}
 {{- fail (printf "torl chart: learner.config.weight_sync.deadline_seconds (%.0f) is too short for the model: a push of %.2f GB takes %.0f s at checks.minPushMBps=%v MB/s. Raise deadline_seconds to at least %.0f (or leave it out: the chart derives it)." $deadline (divf $bytes 1e9) $need $v.checks.minPushMBps (ceil $need)) -}}
 {{- end -}}
+{{- /* Weight sync over NCCL (weightSync.transport; docs/deploy.md, "Weight sync over NCCL"). */ -}}
+{{- $wsTransport := $ws.transport | default "grpc" -}}
+{{- if ne $wsTransport $transfer -}}
+{{- fail (printf "torl chart: learner.config.weight_sync.transport (%s) differs from rollout.config.engine.weight_transfer (%s): the rollout would refuse every push. Set weightSync.transport=grpc|nccl and leave both keys out (the chart sets them together)." $wsTransport $transfer) -}}
+{{- end -}}
+{{- if eq $v.weightSync.transport "nccl" -}}
+{{- if eq (int $v.rollout.gpus) 0 -}}
+{{- fail "torl chart: weightSync.transport=nccl needs GPUs on the rollout replicas (rollout.gpus > 0): vLLM's NCCL weight transfer runs between GPUs. Use weightSync.transport=grpc on CPU." -}}
+{{- end -}}
+{{- if eq (int $v.learner.gpusPerNode) 0 -}}
+{{- fail "torl chart: weightSync.transport=nccl needs a GPU learner (learner.gpusPerNode > 0): rank 0 broadcasts from its GPU. Use weightSync.transport=grpc with a CPU learner." -}}
+{{- end -}}
+{{- if $v.learner.leaderWorkerSet.enabled -}}
+{{- fail "torl chart: weightSync.transport=nccl needs the StatefulSet learner: rollout pods reach the rendezvous at <learner>-0.<learner>-ranks, which learner.leaderWorkerSet.enabled does not create. Disable the LeaderWorkerSet or use weightSync.transport=grpc." -}}
+{{- end -}}
+{{- $port := int $v.weightSync.nccl.port -}}
+{{- $taken := dict "learner.rendezvousPort" $v.learner.rendezvousPort "learner.grpcPort" $v.learner.grpcPort "learner.metricsPort" $v.learner.metricsPort -}}
+{{- range $key, $other := $taken -}}
+{{- if eq $port (int $other) -}}
+{{- fail (printf "torl chart: weightSync.nccl.port (%d) is also %s on the learner's ordinal-0 pod: the NCCL rendezvous could not bind it. Pick another port." $port $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (ge $port (int $v.learner.collectivePorts.start)) (le $port (int $v.learner.collectivePorts.end)) -}}
+{{- fail (printf "torl chart: weightSync.nccl.port (%d) lies in learner.collectivePorts (%d-%d), the ephemeral range NCCL and gloo connections take ports from: the rendezvous could find it in use. Pick a port outside that range." $port (int $v.learner.collectivePorts.start) (int $v.learner.collectivePorts.end)) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}

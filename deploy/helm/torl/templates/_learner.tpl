@@ -168,3 +168,18 @@ spec:
         medium: Memory
         sizeLimit: {{ $v.shmSizeLimit }}
 {{- end -}}
+
+{{/*
+NCCL weight sync wiring (weightSync.transport=nccl), as YAML: the rendezvous address (learner
+ordinal 0 through the "-ranks" Service), its port, the rollout's tensor-parallel degree and the
+group's world size (the learner's rank 0 + one rank per rollout GPU).
+*/}}
+{{- define "torl.ncclWiring" -}}
+{{- $name := include "torl.componentName" (dict "root" . "component" "learner") -}}
+{{- $tp := max 1 (int .Values.rollout.gpus) -}}
+address: {{ printf "%s-0.%s-ranks.%s.svc" $name $name .Release.Namespace }}
+port: {{ int .Values.weightSync.nccl.port }}
+tp: {{ $tp }}
+worldSize: {{ add 1 (mul (int .Values.rollout.replicas) $tp) }}
+packed: {{ .Values.weightSync.nccl.packed }}
+{{- end -}}

@@ -40,7 +40,10 @@
     - {protocol: TCP, port: {{ .Values.redis.external.port }}}
 {{- end }}
 {{- end -}}
+{{- define "torl.np.collectivePorts" -}}
+- {protocol: TCP, port: {{ .Values.learner.collectivePorts.start }}, endPort: {{ .Values.learner.collectivePorts.end }}}
+{{- end -}}
 {{- define "torl.np.learnerRankPorts" -}}
 - {protocol: TCP, port: {{ .Values.learner.rendezvousPort }}}
-- {protocol: TCP, port: {{ .Values.learner.collectivePorts.start }}, endPort: {{ .Values.learner.collectivePorts.end }}}
+{{ include "torl.np.collectivePorts" . }}
 {{- end -}}
