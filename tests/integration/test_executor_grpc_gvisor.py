@@ -156,8 +156,12 @@ def test_observation_of_capped_output_comes_from_its_true_end(ex: Executor) -> N
     r = execute(stub, "for i in range(100000): print(i)")
     full = "\n".join(str(i) for i in range(100000))
     assert r.stdout_truncated and r.observation == full[:128] + "..." + full[-128:]
-    r = execute(stub, "import sys\nfor i in range(50000): print('warning', i, file=sys.stderr)\nraise KeyError('deep')")
+    # stderr is line-buffered: one write per line, each a trip through gVisor's kernel; 4000 long lines
+    # (~440 KB, several times the cap) instead of 50000 short ones keep it seconds away from the timeout.
+    code = "import sys\nfor i in range(4000): print('warning', i, 'w' * 100, file=sys.stderr)\nraise KeyError('deep')"
+    r = execute(stub, code, timeout_seconds=30)
     assert r.status == ERROR and r.stderr_truncated and r.observation == "KeyError: 'deep'"
+    assert len(r.stderr) == 64 * 1024 and r.stderr.startswith("warning 0 www")
 
 
 def test_non_utf8_stdout(ex: Executor) -> None:

@@ -88,6 +88,10 @@ except ImportError:
     pass
 """
 SANDBOX_UID = 65534
+# After a run, how long the agent keeps killing what it left behind (a fork bomb: dozens of processes
+# that must all exit and be reaped) before it gives up and the host replaces the sandbox.
+SWEEP_SECONDS = 4.0  # below the host's hard_timeout_grace_seconds default (5 s)
+SPARE_RETRY_SECONDS = 0.05  # after the zygote could not fork a spare (process limit reached)
 CANCELLED_RESULT: dict[str, Any] = {
     "exit_code": -9, "timed_out": False, "duration": 0.0, "stdout": "", "stderr": "",
     "stdout_truncated": False, "stderr_truncated": False, "error": "cancelled by the caller",
@@ -384,11 +388,19 @@ def child_main(ctx: ChildContext) -> None:
 
 def _spawn_spare(sock: socket.socket, base_env: dict[str, str]) -> None:
     """Fork one spare and pass its pipes (job in; stdout, stderr, status out) to the agent."""
-    job_r, job_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    status_r, status_w = os.pipe()
-    pid = os.fork()
+    made: list[int] = []
+    try:
+        for _ in range(4):
+            made += os.pipe()
+        job_r, job_w, out_r, out_w, err_r, err_w, status_r, status_w = made
+        pid = os.fork()
+    except OSError as e:
+        # Out of processes (a run's fork bomb fills the sandbox's process limit until the agent
+        # has killed it) or descriptors: say so; the agent asks again shortly.
+        for end in made:
+            os.close(end)
+        sock.send(json.dumps({"op": "spare_failed", "error": str(e)}).encode())
+        return
     if pid == 0:
         try:
             signal.set_wakeup_fd(-1)
@@ -649,6 +661,7 @@ class Agent:
         self.finished: list[Run] = []
         self.waiting: deque[dict[str, Any]] = deque()  # runs that arrived while no spare was ready
         self.requested = 0  # spares asked of the zygote and not delivered yet
+        self.spare_retry_at: float | None = None  # after the zygote failed to fork: when to ask again
         self.idle_since: float | None = None  # since when no run is in flight or waiting
         self.zygote_pid, self.zygote = self.start_zygote(preload)
         sig_r, sig_w = os.pipe()
@@ -683,6 +696,9 @@ class Agent:
 
     def refill_spares(self) -> None:
         """Ask the zygote for the spares that are missing; never blocks."""
+        if self.spare_retry_at is not None and time.monotonic() < self.spare_retry_at:
+            return  # the zygote could not fork a moment ago; ask again at spare_retry_at
+        self.spare_retry_at = None
         missing = self.target_spares + len(self.waiting) - len(self.spares) - self.requested
         if missing > 0:
             self.zygote.send(b"f" * missing)
@@ -699,7 +715,11 @@ class Agent:
             msg = json.loads(data)
             if msg["op"] == "spare" and len(fds) == 4:
                 self.requested -= 1
+                self.spare_retry_at = None
                 self.adopt(int(msg["pid"]), fds)
+            elif msg["op"] == "spare_failed":
+                self.requested -= 1
+                self.spare_retry_at = time.monotonic() + SPARE_RETRY_SECONDS
             elif msg["op"] == "exit":
                 self.on_child_exit(int(msg["pid"]), int(msg["status"]))
             else:
@@ -864,6 +884,8 @@ class Agent:
 
     def next_timeout(self) -> float | None:
         times = [r.deadline for r in self.runs.values()]
+        if self.spare_retry_at is not None:
+            times.append(self.spare_retry_at)
         warm_at = self.deep_warm_up_at()
         if warm_at is not None:
             times.append(warm_at)
@@ -906,7 +928,9 @@ class Agent:
         keep_sids = {p.pid for p in self.procs.values() if p.run is not None}
         keep_pids = {p.pid for p in self.procs.values()} | {self.zygote_pid}
         clean = True
-        for _ in range(50):
+        give_up_at = time.monotonic() + SWEEP_SECONDS
+        pause = 0.001
+        while True:
             strays = []
             if PROCESS_LIMITS is not None:
                 candidates = descendants(me)
@@ -924,13 +948,17 @@ class Agent:
                     strays.append(pid)
             if not strays:
                 break
+            if time.monotonic() >= give_up_at:
+                clean = False
+                break
             for pid in strays:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.002)
+            # Killed processes stay in /proc (and count against the process limit) until they have
+            # exited and been reaped, which under load takes far longer than the kill itself.
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
             self.reap()
-        else:
-            clean = False
         live = {r.id for r in self.runs.values()} | {f"warm-up-{pid}" for pid in self.procs}  # a spare warming up
         for name in os.listdir(SCRATCH):
             path = os.path.join(SCRATCH, name)
@@ -966,6 +994,7 @@ class Agent:
             while len(self.spares) < self.target_spares:
                 self.sel.select(1.0)
                 self.on_zygote()
+                self.refill_spares()
             write_frame(self.ctrl_out, {"op": "ready", "pid": os.getpid(), "subreaper": SUBREAPER})
             self.idle_since = time.monotonic()
             self.loop()
