@@ -1,4 +1,4 @@
-"""Held-out evaluation during training, through rollout (torl.evaluation.runner.generate, the
+"""Held-out evaluation during training, through rollout (torl.evaluation.generation.generate, the
 same generation `torl eval` uses) with the rollout's own rewards and tool budget, one greedy
 (or eval_temperature) sample per problem, served by the weights of the step being evaluated."""
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from torl.common.config import TlsClientSettings
 from torl.common.datasets import Problem as EvalProblem
 from torl.common.logging import get_logger
-from torl.evaluation.runner import EvalOptions, generate
+from torl.evaluation.generation import EvalOptions, generate
 from torl.learner import metrics as m
 from torl.learner.datasets import Problem
 from torl.learner.sink import trajectory_stats

@@ -32,6 +32,9 @@ OPTIONAL = {
     "wandb": "learner tracking.wandb_project",
     "torch.utils.tensorboard": "learner tracking.tensorboard",
     "pyarrow.parquet": "Parquet problem files",
+    # learner weight_sync.transport=nccl: CUDA only; the learner-gpu image carries vllm for it.
+    "vllm.distributed.weight_transfer.nccl_common": "learner weight_sync.transport=nccl (GPU)",
+    "vllm.distributed.weight_transfer.packed_tensor": "learner weight_sync.transport=nccl (GPU)",
 }
 # Build-stage env that would reach past the package registries (the CPU torch index): the same
 # torch==2.13.0+cpu wheel comes from the machine's wheel directory (PIP_FIND_LINKS) instead.

@@ -1,5 +1,5 @@
 """The learner's held-out evaluation goes through the one rollout `Generate` client that `torl eval`
-uses (torl.evaluation.runner.generate): over real gRPC on loopback to a stand-in rollout, with the
+uses (torl.evaluation.generation.generate): over real gRPC on loopback to a stand-in rollout, with the
 rollout's scoring kept, the rollout's own tool budget, and the version being evaluated as the
 prompt's min_version; the figures come from the returned groups."""
 
