@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO, require_binary
 
-pytestmark = [pytest.mark.slow, pytest.mark.gvisor, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow, pytest.mark.gvisor, pytest.mark.timeout(2500)]
 
 
 def test_demo_runs_end_to_end_and_learns(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_demo_runs_end_to_end_and_learns(tmp_path: Path) -> None:
     proc = subprocess.Popen(["bash", "scripts/demo.sh", "--run-dir", str(tmp_path / "demo")], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
     try:
-        stdout, stderr = proc.communicate(timeout=1400)
+        stdout, stderr = proc.communicate(timeout=2300)
     finally:
         if proc.poll() is None:  # timed out or the test was interrupted: stop torl train and its services
             proc.send_signal(signal.SIGTERM)  # `torl train` (exec'd by the script) stops every child
@@ -35,7 +35,9 @@ def test_demo_runs_end_to_end_and_learns(tmp_path: Path) -> None:
                 proc.wait(10)
     seconds = time.monotonic() - t0
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    assert seconds < 20 * 60
+    # Was 20 min; every session tool run is now a fresh process (the executor's isolation fix), which made
+    # the demo's RL steps ~4x slower under gVisor (about 10 s instead of 2.5 s): see the session note.
+    assert seconds < 36 * 60
     report = tmp_path / "demo" / "learner" / "report"
     for name in ("reward.png", "accuracy.png", "tool_use.png", "response_length.png", "summary.md"):
         assert (report / name).is_file()
