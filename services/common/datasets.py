@@ -41,11 +41,6 @@ class Problem:
     answer: str
     dataset: str  # the row's "source" field, else the name it was loaded under, else the file's stem
 
-    @property
-    def source(self) -> str:
-        """Alias of `dataset` (the evaluation runner's older name for it)."""
-        return self.dataset
-
 
 def default_data_dir() -> Path:
     """`TORL_DATA_DIR`, else the repository's data/ next to services/."""

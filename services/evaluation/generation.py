@@ -62,7 +62,7 @@ async def generate(
             async with sem:
                 req = rollout_pb2.GenerateRequest(
                     prompt=trajectory_pb2.Prompt(prompt_id=id_prefix + p.id, problem=p.problem, answer=p.answer,
-                                                 dataset=p.source, min_version=min_version),
+                                                 dataset=p.dataset, min_version=min_version),
                     sampling=sampling,
                     skip_scoring=not opts.score_in_rollout,
                 )

@@ -24,8 +24,6 @@ from torl.evaluation.generation import EvalOptions, generate
 from torl.evaluation.scoring import DatasetSummary, EvalRun, SampleRecord, markdown_table, summarize
 from torl.v1 import common_pb2, trajectory_pb2
 
-_FAILED_CODE = MODEL_FAILED  # torl.common.tool_status: the one meaning of a code error
-
 
 def grade(
     problems: Sequence[Problem], groups: Sequence[trajectory_pb2.TrajectoryGroup]
@@ -57,10 +55,10 @@ def grade(
     for p, g in zip(problems, groups, strict=True):
         for i, t in enumerate(g.trajectories):
             r = next(it)
-            errors = sum(c.status in _FAILED_CODE for c in t.tool_calls)
+            errors = sum(c.status in MODEL_FAILED for c in t.tool_calls)
             records.append(
                 SampleRecord(
-                    dataset=p.source,
+                    dataset=p.dataset,
                     problem_id=p.id,
                     sample=i,
                     correct=r.correct,
@@ -72,7 +70,7 @@ def grade(
             )
             rows.append(
                 {
-                    "dataset": p.source,
+                    "dataset": p.dataset,
                     "id": p.id,
                     "sample": i,
                     "problem": p.problem,

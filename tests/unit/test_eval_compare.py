@@ -24,7 +24,7 @@ def test_arith_is_the_learners_held_out_set() -> None:
     held = load_dataset(DataSettings(dataset="arith", seed=0, arith_eval_size=64)).eval()
     mine = load_problems(["arith"], 0, None)
     assert [(p.problem, p.answer) for p in mine] == [(p.problem, p.answer) for p in held]
-    assert {p.source for p in mine} == {"arith"}
+    assert {p.dataset for p in mine} == {"arith"}
     assert len(load_problems(["arith:3:10"], 4, None)) == 4
     other = load_problems(["arith:3:10"], 0, None)
     assert [p.problem for p in other] != [p.problem for p in mine[:10]]
