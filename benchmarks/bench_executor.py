@@ -33,6 +33,20 @@ from torl.v1 import common_pb2, executor_pb2  # noqa: E402
 
 PYTHON = os.path.realpath(sys.executable)
 SYMPY = "import sympy; print(sympy.sqrt(8))"
+# The local demo's shape (configs/demo-cpu.yaml): after each generation phase, a burst of 64
+# session runs of a line of arithmetic at once, into a pool of 2 sandboxes x 2 slots.
+BURST_RUNS = 64
+BURST_ROUNDS = 3
+BURST_GAP_SECONDS = 3.0  # the quiet time between bursts (the demo generates then)
+BURST_POOL = {"size": 2, "slots_per_sandbox": 2}
+
+
+def burst_code(k: int) -> str:
+    return f"a, b, c = {10 + k % 90}, {11 + k % 89}, {k}\nprint(a*b+c)"
+
+
+def burst_expected(k: int) -> str:
+    return str((10 + k % 90) * (11 + k % 89) + k)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -179,6 +193,35 @@ def bench_backend(backend: str, seconds: float, n: int) -> dict[str, Any]:
     return res
 
 
+def bench_burst(backend: str) -> dict[str, Any]:
+    """`BURST_ROUNDS` bursts of `BURST_RUNS` concurrent gRPC session runs through a real service
+    (pool 2 x 2), `BURST_GAP_SECONDS` apart: throughput per burst and per-call latency."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sets = [f"sandbox.backend={backend}", *(f"pool.{k}={v}" for k, v in BURST_POOL.items())]
+    rounds: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as d, run_executor(Path(d), *sets) as ex, \
+            ThreadPoolExecutor(BURST_RUNS) as threads:
+        stub = ex.stub()
+
+        def call(k: int) -> tuple[float, bool]:
+            t = time.perf_counter()
+            r = stub.Execute(executor_pb2.ExecuteRequest(code=burst_code(k), isolation=executor_pb2.ISOLATION_SESSION,
+                                                         session_id=f"burst-{k}", timeout_seconds=10), timeout=120)
+            return time.perf_counter() - t, r.status == common_pb2.TOOL_STATUS_OK and r.observation == burst_expected(k)
+
+        call(0)
+        for _ in range(BURST_ROUNDS):
+            time.sleep(BURST_GAP_SECONDS)
+            t = time.perf_counter()
+            outs = list(threads.map(call, range(BURST_RUNS)))
+            wall = time.perf_counter() - t
+            rounds.append({"per_second": BURST_RUNS / wall, "p50_seconds": statistics.median(o[0] for o in outs),
+                           "failures": sum(not o[1] for o in outs)})
+    return {"rounds": rounds, "per_second_median": statistics.median(r["per_second"] for r in rounds),
+            "failures": sum(r["failures"] for r in rounds), "load_average": os.getloadavg()}
+
+
 def compare_agents(old_agent: str, backends: list[str], n: int, concurrent: int) -> dict[str, Any]:
     """Strict runs on two one-sandbox pools side by side, one with `old_agent` and one with the
     current agent, requests interleaved (old, new, old, new, ...) so both see the same load."""
@@ -228,6 +271,65 @@ def compare_agents(old_agent: str, backends: list[str], n: int, concurrent: int)
     return {b: asyncio.run(run(b)) for b in backends}
 
 
+def compare_bursts(old_agent: str, backend: str, repeats: int) -> dict[str, Any]:
+    """The demo's burst (see bench_burst) on in-process pools of 2 x 2, one pool at a time, alternating
+    `old_agent` and the current agent, each with the default settings and with the `executor:` section
+    of configs/demo-cpu.yaml (the old agent ignores settings it does not know)."""
+    import asyncio
+
+    import yaml
+
+    import torl.executor.sandbox.base as sandbox_module
+    from torl.executor.config import ExecutorSettings
+    from torl.executor.core import Caller, RunRequest, make_executor
+
+    current = str(sandbox_module.AGENT_FILE)
+    demo = yaml.safe_load((REPO / "configs" / "demo-cpu.yaml").read_text())["executor"]
+
+    async def rounds(agent: str, config: dict[str, Any]) -> list[dict[str, float]]:
+        sandbox_module.AGENT_FILE = Path(agent)  # read when each sandbox's launch command is built
+        with tempfile.TemporaryDirectory() as d:
+            ex = make_executor(ExecutorSettings(
+                sandbox={**config.get("sandbox", {}), "backend": backend, "state_dir": d},
+                pool={**config.get("pool", {}), **BURST_POOL},
+            ))
+            await ex.pool.start(wait=True)
+            out = []
+            try:
+                caller = Caller("bench", default_isolation="session")
+                for _ in range(BURST_ROUNDS):
+                    await asyncio.sleep(BURST_GAP_SECONDS)
+                    t = time.perf_counter()
+                    outs = await asyncio.gather(*(
+                        ex.run(RunRequest(code=burst_code(k), isolation="session", session_id=f"burst-{k}"), caller)
+                        for k in range(BURST_RUNS)
+                    ))
+                    wall = time.perf_counter() - t
+                    out.append({"per_second": BURST_RUNS / wall,
+                                "p50_seconds": statistics.median(o.duration_seconds + o.queue_seconds for o in outs),
+                                "failures": sum(o.observation != burst_expected(k) for k, o in enumerate(outs))})
+            finally:
+                await ex.pool.close()
+            return out
+
+    async def run() -> dict[str, Any]:
+        found: dict[str, list[dict[str, float]]] = {}
+        for _ in range(repeats):
+            for config_name, config in (("default", {}), ("demo", demo)):
+                for agent_name, agent in (("old", old_agent), ("new", current)):
+                    found.setdefault(f"{agent_name}_{config_name}", []).extend(await rounds(agent, config))
+        return {k: {"rounds": v, "per_second_median": statistics.median(r["per_second"] for r in v),
+                    "p50_seconds_median": statistics.median(r["p50_seconds"] for r in v),
+                    "failures": sum(r["failures"] for r in v)} for k, v in found.items()}
+
+    return {"demo_executor_config": demo, "load_average_before": os.getloadavg(), **asyncio.run(run()),
+            "load_average_after": os.getloadavg()}
+
+
+def rates(r: dict[str, Any]) -> str:
+    return ", ".join(f"{x['per_second']:.1f}" for x in r["rounds"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=8.0)
@@ -235,7 +337,34 @@ def main() -> None:
     ap.add_argument("--backends", default="gvisor,bwrap")
     ap.add_argument("--compare-agent", default="",
                     help="Only compare strict runs of this older agent.py with the current one, interleaved.")
+    ap.add_argument("--burst-only", action="store_true",
+                    help="Only the demo-shaped burst (with --compare-agent: old vs current agent, gvisor).")
+    ap.add_argument("--repeats", type=int, default=2, help="--compare-agent --burst-only: alternations.")
     args = ap.parse_args()
+    if args.compare_agent and args.burst_only:
+        backend = args.backends.split(",")[0]
+        cb = compare_bursts(args.compare_agent, backend, args.repeats)
+        for k in ("old_default", "new_default", "old_demo", "new_demo"):
+            r = cb[k]
+            print(f"[{backend}/session burst of {BURST_RUNS}, pool 2x2, {k}] "
+                  f"{r['per_second_median']:.1f}/s (rounds: {rates(r)}), "
+                  f"p50 {r['p50_seconds_median'] * 1000:.1f} ms, failures {r['failures']}")
+        for cfg in ("default", "demo"):
+            ratio = cb[f"new_{cfg}"]["per_second_median"] / cb[f"old_{cfg}"]["per_second_median"]
+            print(f"{cfg}: new/old burst throughput {ratio:.2f}x")
+        print(f"load average before {cb['load_average_before']}, after {cb['load_average_after']}")
+        out = REPO / "benchmarks" / "results" / "executor_burst_compare.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(cb, indent=2))
+        print(f"wrote {out}")
+        return
+    if args.burst_only:
+        for backend in args.backends.split(","):
+            b = bench_burst(backend)
+            print(f"[{backend}/session burst of {BURST_RUNS} over gRPC, pool 2x2] {b['per_second_median']:.1f}/s "
+                  f"(rounds: {rates(b)}), failures {b['failures']}, "
+                  f"load {b['load_average']}")
+        return
     if args.compare_agent:
         ab = compare_agents(args.compare_agent, args.backends.split(","), args.n, 60)
         for backend, r in ab.items():
@@ -264,6 +393,7 @@ def main() -> None:
         result["cold_runsc_run_p50_seconds"] = statistics.median(cold)
     for backend in args.backends.split(","):
         result[backend] = bench_backend(backend, args.seconds, args.n)
+        result[backend]["burst"] = bench_burst(backend)
     b50 = result["bare"]["print1_p50_seconds"]
     btp = result["bare"]["throughput"]["per_second"]
     print(f"bare python3 -c: p50 {b50 * 1000:.1f} ms, 32-thread throughput {btp:.1f}/s")
@@ -273,6 +403,8 @@ def main() -> None:
     for backend in args.backends.split(","):
         r = result[backend]
         print(f"[{backend}] service RSS {r['service_rss_mb']:.0f} MB, per sandbox {r['per_sandbox_rss_mb']:.0f} MB")
+        print(f"[{backend}/session burst of {BURST_RUNS} over gRPC, pool 2x2] {r['burst']['per_second_median']:.1f}/s "
+              f"(rounds: {rates(r['burst'])}), failures {r['burst']['failures']}")
         for iso in ("session", "strict"):
             x = r[iso]
             x["ratios"] = {

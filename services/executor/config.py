@@ -125,6 +125,14 @@ class PoolSettings(StrictModel):
         default_factory=_default_pool_size, ge=1, le=512, description="Sandboxes kept started (default: CPU cores)."
     )
     slots_per_sandbox: int = Field(2, ge=1, le=64, description="Runs one sandbox executes at the same time.")
+    spares_per_sandbox: int = Field(
+        16,
+        ge=1,
+        le=128,
+        description="Fresh processes each sandbox keeps forked ahead of runs once it is idle (every run takes one "
+        "and it dies with the run), so a burst of runs finds them ready; at least slots_per_sandbox are kept at "
+        "all times. Each costs a few MB of memory in the sandbox.",
+    )
     recycle_after_runs: int = Field(
         5000, ge=1, le=10_000_000, description="A sandbox is replaced after this many runs (and after any fault)."
     )

@@ -113,7 +113,9 @@ class Pool:
         slot.starting = True
         self._update_gauges()
         name = f"{self.sandbox_settings.name_prefix}-{os.getpid()}-{self._instance}-{next(self._names)}"
-        args = self.layout.agent_args(self.sandbox_settings.preload, self.settings.slots_per_sandbox)
+        args = self.layout.agent_args(
+            self.sandbox_settings.preload, self.settings.slots_per_sandbox, self.settings.spares_per_sandbox
+        )
         sandbox = Sandbox(self.backend, name, self.backend.launch_command(name, args))
         delay = 0.5
         while not self.closed:

@@ -79,6 +79,10 @@ SUBREAPER = False
 # with back-to-back runs and a request never waits on it while a lightly warmed spare is free.
 LIGHT_WARM_UP_CODE = "print(1)\n"
 DEEP_WARM_UP_AFTER_IDLE_SECONDS = 0.2  # back-to-back runs never trigger it; sporadic ones find it done
+# The stock of spares beyond the one per slot is forked only once no run has been in flight or
+# waiting for this long, one spare at a time: a burst of runs takes ready spares without forks
+# competing for the CPU, and the stock is rebuilt in the quiet time after it.
+STOCK_AFTER_IDLE_SECONDS = 0.05
 DEEP_WARM_UP_CODE = """\
 try:
     import sympy
@@ -157,11 +161,17 @@ class ChildContext:
 CLONE_NEWIPC = 0x08000000
 
 
+def runs_have_private_ipc() -> bool:
+    """Whether every spare gets an IPC namespace of its own (the agent is root in a sandbox of its own)."""
+    return os.getuid() == 0 and PROCESS_LIMITS is None
+
+
 def _private_ipc() -> None:
     """Give this spare (and so its run) an IPC namespace of its own where the agent may (root in a
-    gVisor sandbox): SysV shared memory, semaphores and queues a run makes die with it. Elsewhere the
-    agent removes them after each run (remove_sysv_ipc)."""
-    if os.getuid() == 0 and PROCESS_LIMITS is None:
+    gVisor sandbox): SysV shared memory, semaphores and queues a run makes die with it (a spare that
+    cannot make one never runs anything). Elsewhere the agent removes them after each run
+    (remove_sysv_ipc)."""
+    if runs_have_private_ipc():
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(CLONE_NEWIPC) != 0:
             err = ctypes.get_errno()
@@ -646,12 +656,15 @@ class Agent:
         ctrl_in: int,
         ctrl_out: int,
         spares: int,
+        stock: int,
         base_env: dict[str, str],
         preload: list[str],
     ) -> None:
         self.ctrl_in = ctrl_in
         self.ctrl_out = ctrl_out
-        self.target_spares = spares
+        self.target_spares = spares  # kept ready at all times (one per slot)
+        self.stock = max(spares, stock)  # kept ready once the sandbox is idle
+        self.private_ipc = runs_have_private_ipc()
         self.base_env = base_env
         self.sel = selectors.DefaultSelector()
         self.spares: list[Proc] = []
@@ -695,14 +708,22 @@ class Agent:
         return pid, mine
 
     def refill_spares(self) -> None:
-        """Ask the zygote for the spares that are missing; never blocks."""
+        """Ask the zygote for the spares that are missing; never blocks. Runs that wait and the one
+        spare per slot are asked for at once; the stock beyond that one at a time, once idle."""
         if self.spare_retry_at is not None and time.monotonic() < self.spare_retry_at:
             return  # the zygote could not fork a moment ago; ask again at spare_retry_at
         self.spare_retry_at = None
         missing = self.target_spares + len(self.waiting) - len(self.spares) - self.requested
+        if missing <= 0 and self.requested == 0 and len(self.spares) < self.stock:
+            stock_at = self.stock_at()
+            missing = int(stock_at is not None and time.monotonic() >= stock_at)
         if missing > 0:
             self.zygote.send(b"f" * missing)
             self.requested += missing
+
+    def stock_at(self) -> float | None:
+        """When to fork the next spare of the stock (None: not idle)."""
+        return None if self.idle_since is None else self.idle_since + STOCK_AFTER_IDLE_SECONDS
 
     def on_zygote(self) -> None:
         while True:
@@ -889,11 +910,17 @@ class Agent:
         warm_at = self.deep_warm_up_at()
         if warm_at is not None:
             times.append(warm_at)
+        stock_at = self.stock_at()
+        if stock_at is not None and self.requested == 0 and len(self.spares) < self.stock:
+            times.append(stock_at)
         return max(0.0, min(times) - time.monotonic()) if times else None
 
     def deep_warm_up_at(self) -> float | None:
-        """When to ask a spare for the deep warm-up (None: nothing to warm, or not idle)."""
+        """When to ask a spare for the deep warm-up (None: nothing to warm, or not idle). At most
+        one spare per slot is deep-warmed: the rest of the stock stays lightly warmed (cheap)."""
         if self.idle_since is None or any(p.warm == "warming" for p in self.spares):
+            return None
+        if sum(p.warm == "deep" for p in self.spares) >= self.target_spares:
             return None
         if not any(p.warm == "light" for p in self.spares):
             return None
@@ -972,7 +999,8 @@ class Agent:
             with contextlib.suppress(OSError):
                 for name in os.listdir("/dev/shm"):
                     clean &= remove_path(os.path.join("/dev/shm", name))
-            remove_sysv_ipc(idle=not self.runs)
+            if not self.private_ipc:  # else a run's SysV objects died with its own IPC namespace
+                remove_sysv_ipc(idle=not self.runs)
         return clean
 
     def report(self, run: Run) -> None:
@@ -1103,6 +1131,7 @@ def main() -> None:
         ctrl_in,
         ctrl_out,
         int(args.get("spares", 2)),
+        int(args.get("stock", 0)),
         base_env,
         [str(m) for m in args.get("preload", [])],
     ).serve()

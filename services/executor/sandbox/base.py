@@ -128,13 +128,15 @@ class Layout:
     agent_path: str = AGENT_PATH_IN_SANDBOX
     site: tuple[str, ...] = (SITE_IN_SANDBOX,)
 
-    def agent_args(self, preload: list[str], spares: int) -> list[str]:
-        """The agent's command line; its last element is the agent's JSON options."""
+    def agent_args(self, preload: list[str], spares: int, stock: int) -> list[str]:
+        """The agent's command line; its last element is the agent's JSON options: `spares` ready at
+        all times (one per slot), `stock` ready once the sandbox is idle."""
         args = {
             "site": list(self.site),
             "preload": preload,
             "env": self.env,
             "spares": spares,
+            "stock": stock,
         }
         return [self.python, "-I", "-B", self.agent_path, json.dumps(args)]
 
