@@ -39,6 +39,7 @@ BURST_RUNS = 64
 BURST_ROUNDS = 3
 BURST_GAP_SECONDS = 3.0  # the quiet time between bursts (the demo generates then)
 BURST_POOL = {"size": 2, "slots_per_sandbox": 2}
+SEQUENTIAL_RUNS = 30  # after the bursts: session print(1), one at a time
 
 
 def burst_code(k: int) -> str:
@@ -307,7 +308,16 @@ def compare_bursts(old_agent: str, backend: str, repeats: int) -> dict[str, Any]
                     wall = time.perf_counter() - t
                     out.append({"per_second": BURST_RUNS / wall,
                                 "p50_seconds": statistics.median(o.duration_seconds + o.queue_seconds for o in outs),
+                                "run_p50_seconds": statistics.median(o.duration_seconds for o in outs),
                                 "failures": sum(o.observation != burst_expected(k) for k, o in enumerate(outs))})
+                await asyncio.sleep(BURST_GAP_SECONDS)
+                lat = []
+                for _ in range(SEQUENTIAL_RUNS):  # one caller, one run at a time
+                    t = time.perf_counter()
+                    o = await ex.run(RunRequest(code="print(1)", isolation="session", session_id="seq"), caller)
+                    lat.append(time.perf_counter() - t)
+                    out[-1]["failures"] += o.observation != "1"
+                out[-1]["sequential_p50_seconds"] = statistics.median(lat)
             finally:
                 await ex.pool.close()
             return out
@@ -320,6 +330,8 @@ def compare_bursts(old_agent: str, backend: str, repeats: int) -> dict[str, Any]
                     found.setdefault(f"{agent_name}_{config_name}", []).extend(await rounds(agent, config))
         return {k: {"rounds": v, "per_second_median": statistics.median(r["per_second"] for r in v),
                     "p50_seconds_median": statistics.median(r["p50_seconds"] for r in v),
+                    "run_p50_seconds_median": statistics.median(r["run_p50_seconds"] for r in v),
+                    "sequential_p50_seconds": [r["sequential_p50_seconds"] for r in v if "sequential_p50_seconds" in r],
                     "failures": sum(r["failures"] for r in v)} for k, v in found.items()}
 
     return {"demo_executor_config": demo, "load_average_before": os.getloadavg(), **asyncio.run(run()),
@@ -348,7 +360,9 @@ def main() -> None:
             r = cb[k]
             print(f"[{backend}/session burst of {BURST_RUNS}, pool 2x2, {k}] "
                   f"{r['per_second_median']:.1f}/s (rounds: {rates(r)}), "
-                  f"p50 {r['p50_seconds_median'] * 1000:.1f} ms, failures {r['failures']}")
+                  f"p50 per call {r['p50_seconds_median'] * 1000:.0f} ms (queue included), "
+                  f"run p50 {r['run_p50_seconds_median'] * 1000:.1f} ms, failures {r['failures']}; sequential "
+                  f"print(1) p50 {', '.join(f'{s * 1000:.1f}' for s in r['sequential_p50_seconds'])} ms")
         for cfg in ("default", "demo"):
             ratio = cb[f"new_{cfg}"]["per_second_median"] / cb[f"old_{cfg}"]["per_second_median"]
             print(f"{cfg}: new/old burst throughput {ratio:.2f}x")

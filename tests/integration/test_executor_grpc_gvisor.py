@@ -97,6 +97,34 @@ def test_session_runs_get_fresh_processes_and_state(ex: Executor) -> None:
         assert r.observation == "False None []", r
 
 
+READY_SPARES = """\
+import os
+me = os.getpid()
+print(sum(1 for p in os.listdir('/proc') if p.isdigit() and int(p) != me and os.stat('/proc/' + p).st_uid == 65534))
+"""
+
+
+def test_an_idle_sandbox_keeps_its_stock_of_fresh_spares(ex: Executor) -> None:
+    """pool.spares_per_sandbox (default 8): once idle, a sandbox holds that many forked spares (the run
+    that counts took one of them, so it sees the others); runs still never share a process."""
+    import time
+
+    stub = ex.stub()
+    kw = {"isolation": SESSION, "session_id": "stock"}
+    seen: list[int] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        time.sleep(1.0)  # idle: the stock is forked one spare at a time
+        r = execute(stub, READY_SPARES, **kw)
+        assert r.status == OK, (r.status, r.message, r.stderr)
+        seen.append(int(r.observation))
+        if seen[-1] >= 7:
+            break
+    assert seen and seen[-1] >= 7, seen
+    pids = [execute(stub, "import os; print(os.getpid())", **kw).observation for _ in range(6)]
+    assert len(set(pids)) == 6, pids  # taken from the stock, each one fresh
+
+
 def test_strict_runs_are_fresh_processes(ex: Executor) -> None:
     stub = ex.stub()
     pids = {execute(stub, "import os; print(os.getpid())", isolation=STRICT).stdout for _ in range(4)}
