@@ -4,9 +4,13 @@ For each backend (gvisor, bwrap) and isolation (session, strict) it starts a rea
 `torl executor serve` (pool sized to the cores) and measures over gRPC and REST:
 `print(1)` p50/p99, `import sympy; print(sympy.sqrt(8))` p50, and throughput with 32 concurrent
 clients, against 32 threads spawning `python3 -c` (the same interpreter). Also: a cold `runsc run`
-per request, the service's own RSS and the memory per sandbox. Writes benchmarks/results/executor.json.
+per request, the service's own RSS and the memory per sandbox, and the demo-shaped burst (3 bursts of
+64 concurrent session runs of a line of arithmetic through a service with a pool of 2 x 2).
+Writes benchmarks/results/executor.json.
 
     nice .venv/bin/python benchmarks/bench_executor.py [--seconds 8] [--backends gvisor,bwrap]
+    nice .venv/bin/python benchmarks/bench_executor.py --burst-only --backends gvisor
+    nice .venv/bin/python benchmarks/bench_executor.py --compare-agent OLD_AGENT.py [--burst-only]
 """
 
 from __future__ import annotations
