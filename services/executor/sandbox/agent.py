@@ -14,6 +14,11 @@ Processes inside the sandbox:
   reports when one exits. A fork of an interpreter with sympy loaded takes tens of milliseconds
   under gVisor's ptrace platform; in the zygote it overlaps with runs instead of stalling the
   agent's loop.
+- The agent keeps one spare per slot ready at all times, and once the sandbox has been idle a
+  moment (STOCK_AFTER_IDLE_SECONDS) it has the zygote fork more, one at a time, up to a stock
+  (`pool.spares_per_sandbox`): under gVisor's ptrace platform the fork of a sympy-loaded
+  interpreter costs tens of ms of CPU, so a burst of runs should find its processes forked
+  already, with no fork competing with the runs for the CPU.
 - A spare drops to uid/gid 65534 (when root, as under gVisor) so untrusted code cannot signal or
   trace the agent or the zygote, starts its own session, and warms up (runs a tiny program into
   /dev/null) so the copy-on-write page faults of a typical run are taken before a request waits.
