@@ -8,6 +8,8 @@ team calls the executor's REST API with its key, once more often than its rate l
 Then, against that Prometheus:
 - each dashboard panel query (Grafana's $__rate_interval as 30s) returns at least one series over
   the run, and each of its vector selectors matches series;
+- the rollout's /metrics page, once it serves, lists every torl_rollout_* name a dashboard or alert
+  uses (test_dashboards_and_rules.py scrapes the other services);
 - each alert rule's vector selectors (label matchers included) match series, and Prometheus
   loaded every rule group and evaluates the rules without error.
 Slow (vLLM start-up): run in CI by `.ci/run`'s slow stage.
@@ -31,7 +33,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, require_binary
-from tests.deploy.tools import alert_rules, dashboard_queries, selectors_in
+from tests.deploy.tools import alert_rules, dashboard_queries, not_served, selectors_in
 from tests.e2e.helpers import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.gvisor, pytest.mark.timeout(1200)]
@@ -114,6 +116,11 @@ def test_dashboards_and_alerts_return_series_from_a_live_run(tmp_path: Path) -> 
         prom = endpoints["prometheus"]
         assert prom.startswith("http://127.0.0.1:")
         assert set(endpoints["services"]) == {"executor", "reward", "rollout", "learner"}
+        # The rollout's own /metrics lists every torl_rollout_* name a dashboard or alert uses, as soon
+        # as it serves (the other services' scrapes are in test_dashboards_and_rules.py; the rollout's
+        # is here, where a vLLM engine is running anyway).
+        missing = not_served("rollout", f"http://{endpoints['services']['rollout']['metrics']}/metrics")
+        assert not missing, f"rollout does not serve: {json.dumps(missing, indent=1)}"
 
         # Another team's calls: two within the burst, then refused (rate 0.01/s, burst 2).
         rest = endpoints["executor_rest"]

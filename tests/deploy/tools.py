@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,28 @@ def exported_by_modules() -> dict[str, set[str]]:
 def exported_by_scrape(text: str) -> set[str]:
     """Series names in a /metrics page (families are listed even before they have samples)."""
     return series_names(list(text_string_to_metric_families(text)))
+
+
+def referenced_metrics() -> dict[str, set[str]]:
+    """metric name -> where it is used (dashboard panel or alert)."""
+    used: dict[str, set[str]] = {}
+    for name, title, expr in dashboard_queries():
+        for metric in metric_names_in(expr):
+            used.setdefault(metric, set()).add(f"{name}: {title}")
+    for rule in alert_rules():
+        for metric in metric_names_in(rule["expr"]):
+            used.setdefault(metric, set()).add(f"alert {rule['alert']}")
+    return used
+
+
+def not_served(service: str, metrics_url: str) -> dict[str, list[str]]:
+    """Every torl_<service>_* name a dashboard or alert uses that the running service's /metrics
+    page does not list: name -> where it is used. Fails if the page is not a /metrics page."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        served = exported_by_scrape(resp.read().decode())
+    assert any(name.startswith(("python_", "process_")) for name in served), f"{metrics_url}: not a /metrics page"
+    used = {m: w for m, w in referenced_metrics().items() if m.startswith(f"torl_{service}_")}
+    return {m: sorted(w) for m, w in used.items() if m not in served}
 
 
 # --- PromQL -----------------------------------------------------------------------------------

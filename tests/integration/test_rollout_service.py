@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from tests.conftest import REPO, free_port, require, require_binary, torl_cmd, wait_for_health
+from tests.integration.test_service_bootstrap import check_reflection_and_malformed_request, check_sigterm_stop
 from torl.common.redis_layout import PAYLOAD_FIELD, PROMPT_GROUP, RunKeys
 from torl.common.weight_stream import pack_weights
 from torl.rollout.config import TIR_BASE_0309
@@ -75,6 +76,7 @@ class Stack:
     run_id: str
     stub: rollout_pb2_grpc.RolloutStub
     metrics_url: str
+    rollout_target: str
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             f"127.0.0.1:{rollout_port}", options=[("grpc.max_send_message_length", 1 << 28)]
         )
         stack = Stack(tmp, model_dir, executor_port, executor, rollout, f"redis://127.0.0.1:{redis_port}/0", "itest",
-                      rollout_pb2_grpc.RolloutStub(channel), f"http://127.0.0.1:{metrics_port}/metrics")
+                      rollout_pb2_grpc.RolloutStub(channel), f"http://127.0.0.1:{metrics_port}/metrics",
+                      f"127.0.0.1:{rollout_port}")
         yield stack
         channel.close()
         # A test may have replaced the executor (stop + restart): stop the one running now too.
@@ -419,3 +422,11 @@ def test_prompt_held_by_a_killed_replica_is_completed_by_the_live_one(stack: Sta
     written = [trajectory_pb2.TrajectoryGroup.FromString(f[PAYLOAD_FIELD]).group_id
                for _id, f in client.xrange(keys.trajectories)]
     assert written.count("orphan") == 1
+
+
+def test_serve_health_reflection_sigterm(stack: Stack) -> None:
+    """test_service_bootstrap.py's check for the rollout, on this module's engine: reflection,
+    INVALID_ARGUMENT for undecodable bytes, and a SIGTERM stop within 5 s after serving requests.
+    It stops the module's rollout, so it stays the last test of this file."""
+    check_reflection_and_malformed_request(stack.rollout_target, "torl.v1.Rollout", "GetStatus")
+    check_sigterm_stop(stack.rollout.proc, stack.rollout.log_path)
