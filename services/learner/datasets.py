@@ -1,7 +1,7 @@
 """Datasets and verifiers: what the learner feeds as prompts, and an optional plugin interface.
 
 A dataset gives training and held-out problems ({id, problem, answer}). Built in: `jsonl` (files
-in the project's data format) and `arith`, the demo's synthetic A*B+C task with 2-digit numbers,
+in the project's data format) and `arith`, the demo's synthetic A*B+C task with 2-digit numbers (4-digit answers),
 which a tiny model solves reliably only with code. A user plugs in their own with
 `data.dataset: "my_pkg.my_mod:make"`, where `make(cfg: DataSettings)` returns a `Dataset`; if
 that object also has `verify(response_text, answer) -> float | None`, the learner rescores every
@@ -55,13 +55,21 @@ class JsonlDataset:
         return self._eval
 
 
+ARITH_FACTOR_MIN = 32  # 32*32+10 = 1034 and 99*99+99 = 9900: every answer has 4 digits
+
+
 def arith_problem(rng: random.Random) -> tuple[str, str]:
-    a, b, c = rng.randint(10, 99), rng.randint(10, 99), rng.randint(10, 99)
+    """'What is A*B+C?' with A, B in 32..99 and C in 10..99, and its answer (always 4 digits).
+
+    Fixed-length answers put the answer's digits at a fixed offset after the tool output, so the
+    demo's ~1M-parameter model learns to copy them in far fewer pretraining steps (docs/demo.md)."""
+    a, b = rng.randint(ARITH_FACTOR_MIN, 99), rng.randint(ARITH_FACTOR_MIN, 99)
+    c = rng.randint(10, 99)
     return f"What is {a}*{b}+{c}?", str(a * b + c)
 
 
 class ArithDataset:
-    """The demo task: 'What is A*B+C?' with 2-digit A, B, C; held-out problems never occur in train."""
+    """The demo task: 'What is A*B+C?' (arith_problem); held-out problems never occur in train."""
 
     name = "arith"
 

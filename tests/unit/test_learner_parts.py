@@ -38,7 +38,8 @@ def test_arith_dataset_keeps_eval_out_of_train() -> None:
     a, rest = p.problem.removeprefix("What is ").removesuffix("?").split("*")
     b, c = rest.split("+")
     assert int(p.answer) == int(a) * int(b) + int(c)
-    assert all(10 <= int(x) <= 99 for x in (a, b, c))
+    assert all(32 <= int(x) <= 99 for x in (a, b)) and 10 <= int(c) <= 99
+    assert all(len(q.answer) == 4 for q in (*ds.train(), *ds.eval()))
 
 
 def test_jsonl_dataset_and_plugin_errors(tmp_path: Path) -> None:
