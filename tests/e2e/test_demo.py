@@ -1,5 +1,6 @@
-"""The README's first command: the full local training demo must finish within 20 minutes and
-show learning (mean reward and tool-use rate rise from the first to the last steps)."""
+"""The README's first command: the full local training demo (tiny model kit, pretraining, GRPO) must
+finish and converge: mean reward and tool-use rate rise from the first to the last steps, and the
+last 5 steps reach issue 16's target (sampled accuracy >= 0.85, mean reward >= +0.7)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ def test_demo_runs_end_to_end_and_learns(tmp_path: Path) -> None:
                 proc.wait(10)
     seconds = time.monotonic() - t0
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    # Was 20 min; every session tool run is now a fresh process (the executor's isolation fix), which made
-    # the demo's RL steps ~4x slower under gVisor (about 10 s instead of 2.5 s): see the session note.
-    assert seconds < 36 * 60
+    # Measured from a fresh clone on an idle 2-core machine: 753 s for kit, pretraining and RL (docs/demo.md);
+    # the bound leaves room for a slower CI machine, it is not the 12-minute goal.
+    assert seconds < 25 * 60
     report = tmp_path / "demo" / "learner" / "report"
     for name in ("reward.png", "accuracy.png", "tool_use.png", "response_length.png", "summary.md"):
         assert (report / name).is_file()
@@ -45,3 +46,6 @@ def test_demo_runs_end_to_end_and_learns(tmp_path: Path) -> None:
     assert s["steps"] >= 60
     assert s["reward_mean_last"] > s["reward_mean_first"] + 0.3
     assert s["tool_use_rate_last"] > s["tool_use_rate_first"] + 0.2
+    # Converged: measured 0.97 / +0.93 (fresh clone) and 0.96 / +0.93, 0.94 / +0.89 (docs/demo.md).
+    assert s["accuracy_last"] >= 0.85, s
+    assert s["reward_mean_last"] >= 0.7, s
