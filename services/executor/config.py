@@ -126,13 +126,15 @@ class PoolSettings(StrictModel):
     )
     slots_per_sandbox: int = Field(2, ge=1, le=64, description="Runs one sandbox executes at the same time.")
     spares_per_sandbox: int = Field(
-        8,
+        2,
         ge=1,
         le=128,
         description="Fresh processes each sandbox keeps forked ahead of runs once it is idle (every run takes one "
         "and it dies with the run), so a burst of runs finds them ready; at least slots_per_sandbox are kept at "
         "all times. Each costs memory in the sandbox: ~35 MB with sympy and numpy preloaded under gVisor's "
-        "ptrace platform, ~12 MB with no preload.",
+        "ptrace platform, ~12 MB with no preload. The default keeps one per default slot: a larger stock next to a "
+        "fork bomb took a sandbox past its memory limit in CI; raise it where runs come in bursts (the demo: 32, "
+        "with no preload).",
     )
     recycle_after_runs: int = Field(
         5000, ge=1, le=10_000_000, description="A sandbox is replaced after this many runs (and after any fault)."
