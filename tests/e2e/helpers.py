@@ -202,33 +202,6 @@ def runsc_sandboxes(state_dir: Path, prefix: str) -> list[str]:
     return sorted(n for n in out.stdout.split() if n.startswith(prefix + "-"))
 
 
-def rank_pids(launcher_pid: int) -> dict[int, int]:
-    """RANK -> pid of the workers a torchrun process started (from their environment)."""
-    out: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) != launcher_pid:
-                continue
-            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for kv in env:
-            if kv.startswith(b"RANK="):
-                out[int(kv[5:])] = int(entry)
-    return out
-
-
-def gone_or_zombie(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 def processes_mentioning(needle: str) -> list[int]:
     """Pids whose command line contains `needle` (a test's own unique prefix or dir)."""
     pids = []

@@ -1,11 +1,8 @@
 """Faults in the middle of a real training run (every service a real process; see tests/e2e/loop.py).
 
-- The learner as 2 data-parallel ranks (torchrun, gloo, ZeRO-2): rank 1 killed with SIGKILL
-  after a checkpoint, the whole job exits within a bound, only rank 0 served; the job started
-  again (a pod restart in the chart's model) resumes from the last checkpoint. In the same run, a
-  rollout replica killed with SIGKILL while it holds prompts: the prompts stay pending under its
-  name, the restarted replica resumes them, the learner waits (max_staleness = 0) and never hangs.
-  The run ends with every step trained on exactly the prompts of the feed, once, everything acked.
+- A rollout replica killed with SIGKILL while it holds prompts: the prompts stay pending under
+  its name, the restarted replica resumes them, the learner waits (max_staleness = 0) and never
+  hangs, and the run ends with every step trained on exactly the prompts of the feed, once.
 - Redis restarted gracefully (AOF on), then killed with SIGKILL and restarted: nothing the learner
   trained on is lost or applied twice, prompts whose groups never arrived are re-issued, the
   rollout reconnects by itself, and the gap shows in the learner's step metrics. The learner is
@@ -15,9 +12,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,14 +21,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.e2e.helpers import gone_or_zombie, metric_sum, rank_pids, scrape, wait_for
+from tests.e2e.helpers import metric_sum, scrape, wait_for
 from tests.e2e.loop import Loop, check_lineage, kill_group, loop_config, running_loop
 from tests.integration.test_learner_loop import lineage
 from torl.cli.local import Child
 from torl.common.redis_layout import PROMPT_GROUP, TRAJECTORY_GROUP
 
 pytestmark = [pytest.mark.slow, pytest.mark.gvisor, pytest.mark.timeout(1500)]
-EXIT_BOUND_SECONDS = 90  # torchrun's own teardown of the survivors, well under engine.dist_timeout_seconds
 
 
 def finish(loop: Loop, learner: Child, timeout: float) -> None:
@@ -43,40 +36,18 @@ def finish(loop: Loop, learner: Child, timeout: float) -> None:
     assert learner.proc.returncode == 0, learner.log_path.read_text(errors="replace")[-4000:]
 
 
-def test_learner_rank_and_rollout_replica_killed_mid_run(tmp_path: Path) -> None:
-    steps, prompts = 7, 4
-    config = loop_config(steps, prompts, step_timeout_seconds=300)
-    config["learner"]["engine"].update({"zero_stage": 2, "dist_timeout_seconds": 60})
-    with running_loop(tmp_path, "rkill", config) as loop:
-        # 1. Rank 1 of a 2-rank learner killed past the checkpoint at step 2: the job exits, bounded.
-        first = loop.start_learner("a", ranks=2)
-        assert first.proc is not None
-        wait_for(lambda: loop.steps_done() >= 3 or first.proc is None or first.proc.poll() is not None, 900,
-                 "step 3")
-        assert first.proc.poll() is None, first.log_path.read_text(errors="replace")[-4000:]
-        ranks = rank_pids(first.proc.pid)
-        assert sorted(ranks) == [0, 1], ranks
-        os.kill(ranks[1], signal.SIGKILL)
-        t0 = time.monotonic()
-        rc = first.proc.wait(EXIT_BOUND_SECONDS)
-        assert rc != 0, "the job must fail when a rank dies"
-        assert time.monotonic() - t0 < EXIT_BOUND_SECONDS
-        assert all(gone_or_zombie(pid) for pid in ranks.values())
-        log_a = first.log_path.read_text(errors="replace")
-        assert log_a.count('"event": "serving"') == 1, "only rank 0 serves gRPC and /metrics"
-        assert '"event": "rank_serving"' in log_a  # rank 1 ran the engine commands
-        learner = loop.start_learner("b", ranks=2)  # the pod restarted: resumes from the checkpoint
-
-        # 2. The rollout replica killed while it holds prompts of the next step (it is generating them).
-        resumed_at = loop.steps_done()
-        wait_for(lambda: loop.steps_done() > resumed_at, 900, "a step of the resumed learner")
+def test_rollout_replica_killed_mid_generation(tmp_path: Path) -> None:
+    steps, prompts = 5, 4
+    with running_loop(tmp_path, "rkill", loop_config(steps, prompts, step_timeout_seconds=300)) as loop:
+        learner = loop.start_learner("a")
+        wait_for(lambda: loop.steps_done() >= 2, 900, "step 2")
+        # Kill while the replica holds prompts of the next step (it is generating them).
         wait_for(lambda: len(loop.prompts_pending_of("rollout-0")) > 0, 300, "prompts held by rollout-0", 0.05)
         rollout = loop.stack.children["rollout"]
         held = loop.prompts_pending_of("rollout-0")
         t_kill = time.monotonic()
         kill_group(rollout)
         step_at_kill = loop.steps_done()
-        assert step_at_kill < steps, "the run ended before the replica could be killed mid-run"
         assert held and set(held) <= set(loop.prompts_pending_of("rollout-0")), "killed replica's prompts vanished"
         time.sleep(5.0)
         assert learner.proc is not None and learner.proc.poll() is None, "the learner died with the replica"
@@ -93,19 +64,11 @@ def test_learner_rank_and_rollout_replica_killed_mid_run(tmp_path: Path) -> None
         ids = check_lineage(loop, steps, prompts)
         assert r.xpending(loop.keys.prompts, PROMPT_GROUP)["pending"] == 0
         assert r.xpending(loop.keys.trajectories, TRAJECTORY_GROUP)["pending"] == 0
-        log_b = learner.log_path.read_text(errors="replace")
-        assert '"event": "resumed"' in log_b and log_b.count('"event": "serving"') == 1
-        assert {row["world_size"] for row in loop.applied()} == {2}
         rows = [x for x in loop.metrics_rows() if "reward_mean" in x]
-        assert {x["learner_ranks"] for x in rows} == {2}
-        assert (loop.out / "hf" / f"step_{steps}" / "model.safetensors").is_file()
-        ckpt = loop.out / "checkpoints" / json.loads((loop.out / "checkpoints" / "latest.json").read_text())["tag"]
-        assert len(list(ckpt.glob("zero_pp_rank_*_optim_states.pt"))) == 2
         gap = max(x["wait_seconds"] for x in rows if x["step"] > step_at_kill)
-        print(f"rank 1 kill -9 at step {resumed_at}: job exited ({rc}), resumed; rollout kill -9 at step "
-              f"{step_at_kill} holding {len(held)} prompts: completed {recovered:.0f}s after restart, "
-              f"{recovery_seconds:.0f}s after the kill; learner waited up to {gap:.0f}s in one step; "
-              f"{len(ids)} groups applied, 0 lost, 0 duplicated")
+        print(f"rollout kill -9 at step {step_at_kill} holding {len(held)} prompts: completed "
+              f"{recovered:.0f}s after restart, {recovery_seconds:.0f}s after the kill; learner waited up to "
+              f"{gap:.0f}s in one step; {len(ids)} groups applied, 0 lost, 0 duplicated")
 
 
 @dataclass
