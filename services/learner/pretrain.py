@@ -30,11 +30,12 @@ from typing import Any
 
 from torl.learner.datasets import arith_problem
 from torl.rollout.config import TIR_BASE_0309
+from torl.rollout.loop import OBSERVATION_FORMAT, LoopConfig, round_program
 
 TEMPLATE = TIR_BASE_0309  # the rollout's template, so the corpus matches what RL prompts look like
 EOS = "<|endoftext|>"
 STAMP = "torl_pretrain.json"
-STOP = "```output"
+STOP = LoopConfig.stop_string  # the rollout loop's default stop string, "```output"
 
 # One opener: the problem sits at a fixed offset before the code, so copying it is a fixed-offset
 # attention pattern rather than a content-matching (induction) task for a ~1M-parameter model.
@@ -94,8 +95,8 @@ def transcript_parts(
     if tool:
         return [
             (prompt, False),
-            (f"{rng.choice(_TOOL_OPENERS)}\n```python\nprint({expr})\n```\n```output", True),
-            (f"\n{answer}\n```\n", False),
+            (f"{rng.choice(_TOOL_OPENERS)}\n```python\nprint({expr})\n```\n{STOP}", True),
+            (OBSERVATION_FORMAT.format(observation=answer), False),
             (f"The answer is \\boxed{{{answer}}}.{EOS}", True),
         ]
     guess = answer if rng.random() < direct_correct_fraction else str(int(answer) + rng.choice((-1, 1))
@@ -151,8 +152,8 @@ def pretrain(
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(base)), dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(train_threads())
+    threads, n_threads = torch.get_num_threads(), train_threads()
+    torch.set_num_threads(n_threads)
     rng = random.Random(spec.seed)
     started, cpu0, load0 = time.monotonic(), time.process_time(), os.getloadavg()[0]
     losses: list[float] = []
@@ -167,7 +168,7 @@ def pretrain(
     steps = sum(st.steps for st in spec.stages)
     cpu = time.process_time() - cpu0
     timing = {"seconds": round(time.monotonic() - started, 1), "cpu_seconds": round(cpu, 1),
-              "cpu_seconds_per_step": round(cpu / max(steps, 1), 3), "torch_threads": train_threads(),
+              "cpu_seconds_per_step": round(cpu / max(steps, 1), 3), "torch_threads": n_threads,
               "load_average_start": round(load0, 2), "load_average_end": round(os.getloadavg()[0], 2)}
     say(f"{steps} steps: {timing}")
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
@@ -228,7 +229,6 @@ def _run_stage(model: object, tok: object, stage: Stage, spec: PretrainSpec, rng
     return loss_value
 
 
-_CODE = re.compile(r"```python\n(.*?)\n```", re.S)
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 OUTCOMES = ("right", "direct_right", "no_tool", "code_wrong", "answer_wrong")
 
@@ -262,12 +262,12 @@ def classify(problem: str, answer: str, response: str) -> str:
     """One probe response's outcome (OUTCOMES): right (tool), direct_right, no_tool (a wrong direct
     answer), code_wrong (the program is not the problem's expression), answer_wrong (right program,
     wrong \\boxed{} copy of its output)."""
-    code = _CODE.search(response)
+    program = round_program(response, STOP)
     boxed = _BOXED.findall(response)
     got = boxed[-1].strip() if boxed else None
-    if code is None:
+    if program is None:
         return "direct_right" if got == answer else "no_tool"
-    if code.group(1).strip() != f"print({problem.removeprefix('What is ').removesuffix('?')})":
+    if program.strip() != f"print({problem.removeprefix('What is ').removesuffix('?')})":
         return "code_wrong"
     return "right" if got == answer else "answer_wrong"
 
@@ -339,9 +339,9 @@ def probe(model_dir: str | Path, problems: Sequence[tuple[str, str]], temperatur
         cut = text.find(STOP)
         if cut < 0:
             continue
-        code = _CODE.search(text[: cut + len(STOP)])
-        value = _arith_value(code.group(1)) if code else None
-        responses[i] = text[: cut + len(STOP)] + f"\n{value if value is not None else ''}\n```\n"
+        program = round_program(text, STOP)
+        value = _arith_value(program) if program is not None else None
+        responses[i] = text[: cut + len(STOP)] + OBSERVATION_FORMAT.format(observation=value or "")
         cont.append(i)
     if cont:
         for i, more in zip(cont, generate([prompts[i] + responses[i] for i in cont]), strict=True):

@@ -108,30 +108,25 @@ def test_an_idle_sandbox_keeps_its_stock_of_fresh_spares(tmp_path: Path) -> None
     """pool.spares_per_sandbox=8 (the default is 2): once idle, a sandbox holds that many forked spares (the
     run that counts took one of them, so it sees the others); runs still never share a process."""
     import os
+    import time
 
     require_binary("runsc")
     require(os.geteuid() == 0, "root (runsc OCI bundles)")
     with run_executor(tmp_path, "sandbox.backend=gvisor", "pool.size=1", "pool.spares_per_sandbox=8") as own:
-        _check_stock(own)
-
-
-def _check_stock(ex: Executor) -> None:
-    import time
-
-    stub = ex.stub()
-    kw = {"isolation": SESSION, "session_id": "stock"}
-    seen: list[int] = []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        time.sleep(1.0)  # idle: the stock is forked one spare at a time
-        r = execute(stub, READY_SPARES, **kw)
-        assert r.status == OK, (r.status, r.message, r.stderr)
-        seen.append(int(r.observation))
-        if seen[-1] >= 7:
-            break
-    assert seen and seen[-1] >= 7, seen
-    pids = [execute(stub, "import os; print(os.getpid())", **kw).observation for _ in range(6)]
-    assert len(set(pids)) == 6, pids  # taken from the stock, each one fresh
+        stub = own.stub()
+        kw = {"isolation": SESSION, "session_id": "stock"}
+        seen: list[int] = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            time.sleep(1.0)  # idle: the stock is forked one spare at a time
+            r = execute(stub, READY_SPARES, **kw)
+            assert r.status == OK, (r.status, r.message, r.stderr)
+            seen.append(int(r.observation))
+            if seen[-1] >= 7:
+                break
+        assert seen and seen[-1] >= 7, seen
+        pids = [execute(stub, "import os; print(os.getpid())", **kw).observation for _ in range(6)]
+        assert len(set(pids)) == 6, pids  # taken from the stock, each one fresh
 
 
 def test_strict_runs_are_fresh_processes(ex: Executor) -> None:

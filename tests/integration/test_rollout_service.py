@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import REPO, free_port, require, require_binary, torl_cmd, wait_for_health
+from tests.conftest import REPO, ServiceProcess, free_port, require, require_binary, torl_cmd, wait_for_health
 from tests.integration.test_service_bootstrap import check_reflection_and_malformed_request, check_sigterm_stop
 from torl.common.redis_layout import PAYLOAD_FIELD, PROMPT_GROUP, RunKeys
 from torl.common.weight_stream import pack_weights
@@ -76,7 +76,7 @@ class Stack:
     run_id: str
     stub: rollout_pb2_grpc.RolloutStub
     metrics_url: str
-    rollout_target: str
+    rollout_port: int
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         stack = Stack(tmp, model_dir, executor_port, executor, rollout, f"redis://127.0.0.1:{redis_port}/0", "itest",
                       rollout_pb2_grpc.RolloutStub(channel), f"http://127.0.0.1:{metrics_port}/metrics",
-                      f"127.0.0.1:{rollout_port}")
+                      rollout_port)
         yield stack
         channel.close()
         # A test may have replaced the executor (stop + restart): stop the one running now too.
@@ -428,5 +428,6 @@ def test_serve_health_reflection_sigterm(stack: Stack) -> None:
     """test_service_bootstrap.py's check for the rollout, on this module's engine: reflection,
     INVALID_ARGUMENT for undecodable bytes, and a SIGTERM stop within 5 s after serving requests.
     It stops the module's rollout, so it stays the last test of this file."""
-    check_reflection_and_malformed_request(stack.rollout_target, "torl.v1.Rollout", "GetStatus")
-    check_sigterm_stop(stack.rollout.proc, stack.rollout.log_path)
+    sp = ServiceProcess("rollout", stack.rollout_port, stack.rollout.proc, stack.rollout.log_path)
+    check_reflection_and_malformed_request(sp.target, "torl.v1.Rollout", "GetStatus")
+    check_sigterm_stop(sp)

@@ -719,7 +719,7 @@ class Agent:
             return  # the zygote could not fork a moment ago; ask again at spare_retry_at
         self.spare_retry_at = None
         missing = self.target_spares + len(self.waiting) - len(self.spares) - self.requested
-        if missing <= 0 and self.requested == 0 and len(self.spares) < self.stock:
+        if missing <= 0:
             stock_at = self.stock_at()
             missing = int(stock_at is not None and time.monotonic() >= stock_at)
         if missing > 0:
@@ -727,8 +727,11 @@ class Agent:
             self.requested += missing
 
     def stock_at(self) -> float | None:
-        """When to fork the next spare of the stock (None: not idle)."""
-        return None if self.idle_since is None else self.idle_since + STOCK_AFTER_IDLE_SECONDS
+        """When to fork the next spare of the stock (None: not idle, a fork already asked for, or the
+        stock full)."""
+        if self.idle_since is None or self.requested or len(self.spares) >= self.stock:
+            return None
+        return self.idle_since + STOCK_AFTER_IDLE_SECONDS
 
     def on_zygote(self) -> None:
         while True:
@@ -916,7 +919,7 @@ class Agent:
         if warm_at is not None:
             times.append(warm_at)
         stock_at = self.stock_at()
-        if stock_at is not None and self.requested == 0 and len(self.spares) < self.stock:
+        if stock_at is not None:
             times.append(stock_at)
         return max(0.0, min(times) - time.monotonic()) if times else None
 
