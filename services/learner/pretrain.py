@@ -30,12 +30,12 @@ from typing import Any
 
 from torl.learner.datasets import arith_problem
 from torl.rollout.config import TIR_BASE_0309
-from torl.rollout.loop import OBSERVATION_FORMAT, LoopConfig, round_program
+from torl.rollout.program import OBSERVATION_FORMAT, STOP_STRING, round_program
 
 TEMPLATE = TIR_BASE_0309  # the rollout's template, so the corpus matches what RL prompts look like
 EOS = "<|endoftext|>"
 STAMP = "torl_pretrain.json"
-STOP = LoopConfig.stop_string  # the rollout loop's default stop string, "```output"
+
 
 # One opener: the problem sits at a fixed offset before the code, so copying it is a fixed-offset
 # attention pattern rather than a content-matching (induction) task for a ~1M-parameter model.
@@ -95,7 +95,7 @@ def transcript_parts(
     if tool:
         return [
             (prompt, False),
-            (f"{rng.choice(_TOOL_OPENERS)}\n```python\nprint({expr})\n```\n{STOP}", True),
+            (f"{rng.choice(_TOOL_OPENERS)}\n```python\nprint({expr})\n```\n{STOP_STRING}", True),
             (OBSERVATION_FORMAT.format(observation=answer), False),
             (f"The answer is \\boxed{{{answer}}}.{EOS}", True),
         ]
@@ -262,7 +262,7 @@ def classify(problem: str, answer: str, response: str) -> str:
     """One probe response's outcome (OUTCOMES): right (tool), direct_right, no_tool (a wrong direct
     answer), code_wrong (the program is not the problem's expression), answer_wrong (right program,
     wrong \\boxed{} copy of its output)."""
-    program = round_program(response, STOP)
+    program = round_program(response, STOP_STRING)
     boxed = _BOXED.findall(response)
     got = boxed[-1].strip() if boxed else None
     if program is None:
@@ -336,12 +336,12 @@ def probe(model_dir: str | Path, problems: Sequence[tuple[str, str]], temperatur
     responses = list(first)
     cont: list[int] = []
     for i, text in enumerate(first):
-        cut = text.find(STOP)
+        cut = text.find(STOP_STRING)
         if cut < 0:
             continue
-        program = round_program(text, STOP)
+        program = round_program(text, STOP_STRING)
         value = _arith_value(program) if program is not None else None
-        responses[i] = text[: cut + len(STOP)] + OBSERVATION_FORMAT.format(observation=value or "")
+        responses[i] = text[: cut + len(STOP_STRING)] + OBSERVATION_FORMAT.format(observation=value or "")
         cont.append(i)
     if cont:
         for i, more in zip(cont, generate([prompts[i] + responses[i] for i in cont]), strict=True):

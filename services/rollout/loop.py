@@ -36,10 +36,10 @@ from torl.common.errors import InvalidArgument
 from torl.common.tool_status import INFRASTRUCTURE, status_name
 from torl.rollout import metrics
 from torl.rollout.engine import GenParams, TokenEngine
+from torl.rollout.program import OBSERVATION_FORMAT, STOP_STRING, round_program
 from torl.rollout.tools import ToolResult
 from torl.v1 import common_pb2, trajectory_pb2
 
-OBSERVATION_FORMAT = "\n{observation}\n```\n"
 # Tool results the model did not cause (torl.common.tool_status.INFRASTRUCTURE): never trained on (the
 # reference's issue 27). The exclusion cause label of each, for metrics.
 INFRA_STATUSES = {
@@ -66,7 +66,7 @@ class LoopConfig:
     """Everything one group's generation depends on (config defaults, per-request overrides applied)."""
 
     prompt_template: str
-    stop_string: str = "```output"
+    stop_string: str = STOP_STRING
     max_tool_calls: int = 1
     max_prompt_tokens: int = 400
     max_response_tokens: int = 3072
@@ -81,40 +81,6 @@ class LoopConfig:
 class PreparedPrompt:
     token_ids: list[int]
     truncated_from: int = 0  # original length when truncated, else 0
-
-
-def extract_program(text: str) -> str | None:
-    """The reference's `extract_program(text, last_only=True)` (GAIR-NLP/ToRL
-    verl/workers/rollout/vllm_rollout/vllm_rollout_spmd.py:79-99), None where it returns "".
-
-    A line starting or ending with ```python opens a block (dropping any earlier one); a line
-    starting with ``` closes it; lines inside are kept, each with its newline. A block still open
-    at the end gives nothing, and so does an empty block (the reference runs a program only when
-    the text is non-empty, :102-105 and :304).
-    """
-    program = ""
-    inside = False
-    for line in text.split("\n"):
-        if line.startswith("```python") or line.endswith("```python"):
-            program = ""
-            inside = True
-        elif line.startswith("```"):
-            inside = False
-        elif inside:
-            program += line + "\n"
-    if inside:
-        return None
-    return program or None
-
-
-def round_program(round_text: str, stop_string: str) -> str | None:
-    """The program a tool round runs: `extract_program` of this round's text up to the stop string.
-
-    The reference sees vLLM's text of the round, which leaves the stop string out (:279, :300), so the
-    "```output" line does not close an open block and earlier rounds' blocks are not seen.
-    """
-    cut = round_text.find(stop_string)
-    return extract_program(round_text if cut < 0 else round_text[:cut])
 
 
 def prepare_prompt(engine: TokenEngine, problem: str, config: LoopConfig, special_ids: frozenset[int],

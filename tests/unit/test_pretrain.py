@@ -7,7 +7,6 @@ from dataclasses import replace
 
 from torl.learner.pretrain import (
     OUTCOMES,
-    STOP,
     PretrainSpec,
     ProbeResult,
     Stage,
@@ -15,6 +14,7 @@ from torl.learner.pretrain import (
     classify,
     transcript_parts,
 )
+from torl.rollout.program import STOP_STRING
 
 
 def test_tool_transcript_trains_only_the_models_tokens_and_copies_the_output() -> None:
@@ -23,7 +23,7 @@ def test_tool_transcript_trains_only_the_models_tokens_and_copies_the_output() -
     prompt, code, observation, answer = (text for text, _ in parts)
     problem = prompt.rsplit("\n", 3)[-3]
     expr = problem.removeprefix("What is ").removesuffix("?")
-    assert code.endswith(f"```python\nprint({expr})\n```\n{STOP}")
+    assert code.endswith(f"```python\nprint({expr})\n```\n{STOP_STRING}")
     value = _arith_value(f"print({expr})")
     assert value is not None and observation == f"\n{value}\n```\n"
     assert answer.startswith(f"The answer is \\boxed{{{value}}}.")

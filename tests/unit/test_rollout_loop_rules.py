@@ -16,14 +16,8 @@ from torl.reward.rules import ToolStatus, last_round_failed, reward_for
 from torl.rollout.config import RolloutSettings
 from torl.rollout.core import apply_overrides, loop_config_from
 from torl.rollout.engine import GenOutput, GenParams
-from torl.rollout.loop import (
-    LoopConfig,
-    PromptRejected,
-    extract_program,
-    prepare_prompt,
-    round_program,
-    run_trajectory,
-)
+from torl.rollout.loop import LoopConfig, PromptRejected, prepare_prompt, run_trajectory
+from torl.rollout.program import extract_program, round_program
 from torl.rollout.scoring import per_round_passed, per_round_statuses
 from torl.rollout.tools import ToolResult, passed
 from torl.v1 import common_pb2, rollout_pb2
