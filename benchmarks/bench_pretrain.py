@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 from torl.learner.datasets import ArithDataset
-from torl.learner.pretrain import STAMP, PretrainSpec, pretrain, probe
-from torl.rollout.tiny_model import build_tiny
+from torl.learner.pretrain import STAMP, PretrainSpec, build_base, pretrain, probe
 
 
 def main() -> None:
@@ -35,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     result: dict[str, object] = {"load_average_start": os.getloadavg()[0]}
     if args.model is None:
-        base = build_tiny()
+        base = build_base()
         with tempfile.TemporaryDirectory() as tmp:
             model = pretrain(base, Path(tmp) / "model", PretrainSpec(), progress=print)
             result["pretrain"] = json.loads((model / STAMP).read_text())

@@ -269,13 +269,10 @@ def model_pretrain(
     base: Annotated[Path | None, typer.Option("--base", help="Starting model (default: build the tiny one).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Corpus and init seed.")] = 0,
 ) -> None:
-    from torl.learner.pretrain import PretrainSpec, pretrain
+    from torl.learner.pretrain import PretrainSpec, build_base, pretrain
 
-    if base is None:
-        from torl.rollout.tiny_model import build_tiny
-
-        base = build_tiny()
-    out = pretrain(base, out_dir, PretrainSpec(seed=seed), progress=lambda m: typer.echo(m, err=True))
+    spec = PretrainSpec(seed=seed)
+    out = pretrain(base or build_base(spec), out_dir, spec, progress=lambda m: typer.echo(m, err=True))
     typer.echo(str(out))
 
 

@@ -244,16 +244,17 @@ def prepare_model(cfg: TrainCommandSettings) -> str:
         if not Path(cfg.model, "config.json").is_file():
             raise ConfigError(f"config error: train.model: {cfg.model} is not a model directory (no config.json)")
         return str(Path(cfg.model).resolve())
+    from torl.learner.pretrain import build_base, pretrain
     from torl.rollout.tiny_model import build_tiny
 
     cache = Path(cfg.model_cache_dir).resolve()
     t0 = time.monotonic()
     print("building the tiny model (cached after the first run) ...", flush=True)
-    base = build_tiny()  # the kit's own cache ($TORL_CACHE_DIR or ~/.cache/torl), shared with tests
+    # The kit's own cache ($TORL_CACHE_DIR or ~/.cache/torl), shared with tests.
+    base = build_tiny() if cfg.model == "tiny" else build_base()
     print(f"  tiny model ready: {base} ({time.monotonic() - t0:.0f}s)", flush=True)
     if cfg.model == "tiny":
         return str(base)
-    from torl.learner.pretrain import pretrain
 
     t0 = time.monotonic()
     print("pretraining it on the synthetic ToRL corpus (cached after the first run) ...", flush=True)

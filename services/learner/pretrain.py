@@ -127,6 +127,15 @@ def _dir_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def build_base(spec: PretrainSpec | None = None) -> Path:
+    """The kit model (torl.rollout.tiny_model, cached) that `pretrain(spec)` starts from. From scratch
+    only its tokenizer and config are used, so the kit skips its own training (~40 s of a fresh demo)."""
+    from torl.rollout.tiny_model import TinyModelSpec, build_tiny
+
+    spec = spec or PretrainSpec()
+    return build_tiny(spec=TinyModelSpec(train_steps=0) if spec.from_scratch else None)
+
+
 def pretrain(
     base_dir: str | Path,
     out_dir: str | Path,

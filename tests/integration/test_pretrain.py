@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 
 from torl.learner.datasets import ArithDataset
-from torl.learner.pretrain import OUTCOMES, STAMP, PretrainSpec, Stage, pretrain, probe
-from torl.rollout.tiny_model import TinyModelSpec, build_tiny
+from torl.learner.pretrain import OUTCOMES, STAMP, PretrainSpec, Stage, build_base, pretrain, probe
 
 
 @pytest.mark.slow
-def test_pretrain_caches_by_recipe_and_probe_grades_every_response(tmp_path: Path) -> None:
-    base = build_tiny(tmp_path / "kit", spec=TinyModelSpec(train_steps=0))  # tokenizer + config only
+def test_pretrain_caches_by_recipe_and_probe_grades_every_response(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORL_CACHE_DIR", str(tmp_path / "kit"))
+    base = build_base(PretrainSpec())  # from scratch: the kit's tokenizer and config, untrained weights
+    assert json.loads((base / "torl_tiny_model.json").read_text())["spec"]["train_steps"] == 0
     spec = PretrainSpec(stages=(Stage(0.85, 3, 1e-3, 0.9), Stage(0.5, 2, 5e-4)), batch_size=2, seq_len=128)
     out = pretrain(base, tmp_path / "pre", spec)
     stamp = json.loads((out / STAMP).read_text())
