@@ -106,13 +106,16 @@ print(sum(1 for p in os.listdir('/proc') if p.isdigit() and int(p) != me and os.
 
 def test_an_idle_sandbox_keeps_its_stock_of_fresh_spares(tmp_path: Path) -> None:
     """pool.spares_per_sandbox=8 (the default is 2): once idle, a sandbox holds that many forked spares (the
-    run that counts took one of them, so it sees the others); runs still never share a process."""
+    run that counts took one of them, so it sees the others); runs still never share a process. With
+    nothing preloaded (the demo's config) no idle spare imports sympy on its own: that deep warm-up is
+    for a preloaded copy, and afresh it cost seconds of CPU under ptrace in every RL step."""
     import os
     import time
 
     require_binary("runsc")
     require(os.geteuid() == 0, "root (runsc OCI bundles)")
-    with run_executor(tmp_path, "sandbox.backend=gvisor", "pool.size=1", "pool.spares_per_sandbox=8") as own:
+    with run_executor(tmp_path, "sandbox.backend=gvisor", "pool.size=1", "pool.spares_per_sandbox=8",
+                      "sandbox.preload=[]") as own:
         stub = own.stub()
         kw = {"isolation": SESSION, "session_id": "stock"}
         seen: list[int] = []
@@ -127,6 +130,9 @@ def test_an_idle_sandbox_keeps_its_stock_of_fresh_spares(tmp_path: Path) -> None
         assert seen and seen[-1] >= 7, seen
         pids = [execute(stub, "import os; print(os.getpid())", **kw).observation for _ in range(6)]
         assert len(set(pids)) == 6, pids  # taken from the stock, each one fresh
+        time.sleep(1.0)  # idle again: long past the deep warm-up's delay, a spare is deep-warmed first
+        r = execute(stub, "import sys; print('sympy' in sys.modules)", **kw)
+        assert r.observation == "False", (r.status, r.observation, r.stderr)
 
 
 def test_strict_runs_are_fresh_processes(ex: Executor) -> None:

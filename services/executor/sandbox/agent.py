@@ -681,6 +681,10 @@ class Agent:
         self.requested = 0  # spares asked of the zygote and not delivered yet
         self.spare_retry_at: float | None = None  # after the zygote failed to fork: when to ask again
         self.idle_since: float | None = None  # since when no run is in flight or waiting
+        # The deep warm-up touches sympy to take the page faults of a preloaded copy. Without the
+        # preload it would import sympy afresh in every warmed spare: seconds of CPU under ptrace,
+        # spent while the host is busy elsewhere (the learner, in an RL step), for runs that may never need it.
+        self.deep_warm_up = "sympy" in preload
         self.zygote_pid, self.zygote = self.start_zygote(preload)
         sig_r, sig_w = os.pipe()
         os.set_blocking(sig_w, False)
@@ -926,7 +930,7 @@ class Agent:
     def deep_warm_up_at(self) -> float | None:
         """When to ask a spare for the deep warm-up (None: nothing to warm, or not idle). At most
         one spare per slot is deep-warmed: the rest of the stock stays lightly warmed (cheap)."""
-        if self.idle_since is None or any(p.warm == "warming" for p in self.spares):
+        if not self.deep_warm_up or self.idle_since is None or any(p.warm == "warming" for p in self.spares):
             return None
         if sum(p.warm == "deep" for p in self.spares) >= self.target_spares:
             return None
