@@ -115,6 +115,9 @@ class LoopSettings(StrictModel):
     )
     eval_every: int = Field(0, ge=0, le=1_000_000, description="Held-out evaluation every N steps (0 = off).")
     eval_temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature for evaluation.")
+    eval_concurrency: int = Field(
+        32, ge=1, le=4096, description="Held-out problems generated at once (one Generate call each)."
+    )
     samples_per_step: int = Field(2, ge=0, le=1000, description="Sample trajectories written to samples.jsonl.")
     exit_when_done: bool = Field(True, description="Stop the learner process after the last step.")
 

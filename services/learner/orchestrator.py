@@ -71,7 +71,8 @@ class Orchestrator:
                                   step_timeout_seconds=settings.loop.step_timeout_seconds, stop=self.stop_event)
         self.ckpt = CheckpointManager(self.out / "checkpoints", settings.checkpoint.keep_last)
         self.evaluator = HeldOutEval(list(dataset.eval())[: settings.data.max_eval_prompts],
-                                     settings.loop.eval_temperature, settings.weight_sync.tls)
+                                     settings.loop.eval_temperature, settings.weight_sync.tls,
+                                     concurrency=settings.loop.eval_concurrency)
         self._engine_factory = engine_factory
         self.engine: RankGroup | None = None
         self.publisher: WeightPublisher | None = None
