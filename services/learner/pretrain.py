@@ -109,13 +109,33 @@ def transcript(rng: random.Random, tool: bool, direct_correct_fraction: float = 
     return "".join(t for t, _ in transcript_parts(rng, tool, direct_correct_fraction, short))
 
 
+def busy_cores(window: float = 0.5) -> float:
+    """How many cores other work keeps busy now: two reads of /proc/stat `window` seconds apart.
+    The load average lags by minutes: right after `make setup`'s installs it still read >= 1 on an
+    idle 2-core machine, and pretraining then ran on 1 thread. Elsewhere: the 1-minute load average."""
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # all, idle + iowait
+
+    try:
+        total0, idle0 = read()
+        time.sleep(window)
+        total1, idle1 = read()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    total = total1 - total0
+    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / total) if total > 0 else 0.0
+
+
 def train_threads() -> int:
     """Torch threads for pretraining: 2 on an idle machine with 2+ cores, else 1.
 
     Measured on the shared 2-core machine at load average ~7: a step took 6-9 s with 2 threads
-    (the threads spin-wait for each other while other processes hold the cores) and 1.1 s with 1."""
+    (the threads spin-wait for each other while other processes hold the cores) and 1.1 s with 1;
+    on an idle one 0.50 s with 2 and 0.83 s with 1."""
     cores = os.cpu_count() or 1
-    return 2 if cores >= 2 and os.getloadavg()[0] < cores / 2 else 1
+    return 2 if cores >= 2 and busy_cores() < cores / 2 else 1
 
 
 def _dir_digest(path: Path) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from dataclasses import replace
 
 from torl.learner.pretrain import (
@@ -11,7 +14,9 @@ from torl.learner.pretrain import (
     ProbeResult,
     Stage,
     _arith_value,
+    busy_cores,
     classify,
+    train_threads,
     transcript_parts,
 )
 from torl.rollout.program import STOP_STRING
@@ -63,3 +68,16 @@ def test_digest_changes_with_the_recipe() -> None:
     assert replace(spec, batch_size=spec.batch_size + 1).digest("kit") != base
     assert replace(spec, stages=(*spec.stages, Stage(0.5, 1, 1e-4))).digest("kit") != base
     assert replace(spec, corpus_version=spec.corpus_version + 1).digest("kit") != base
+
+
+def test_pretraining_takes_one_thread_while_other_work_holds_the_cores() -> None:
+    cores = os.cpu_count() or 1
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        assert busy_cores() >= cores / 2
+        assert train_threads() == 1
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()
+    assert 0.0 <= busy_cores(0.1) <= cores
