@@ -18,7 +18,7 @@ lint: setup
 test: setup lint
 	bash scripts/test.sh -m "not slow and not gpu" --durations=25
 
-# The slow scenarios only (vLLM-backed end-to-end runs: demo, faults, soak, live Prometheus). CI runs
+# The slow scenarios only (vLLM-backed end-to-end runs: the demo, which is also the soak, faults, live Prometheus). CI runs
 # `make test` and then this.
 test-slow: setup
 	bash scripts/test.sh -m "slow and not gpu" --durations=25
