@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,13 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import free_port
 from tests.e2e.helpers import RedisServer
+from tests.integration.weight_receivers import GrpcOnlySink, ReceiverServicer
 from torl.common.redis_layout import PAYLOAD_FIELD, PROMPT_GROUP, RunKeys, version_key
 from torl.common.weight_stream import TensorShape
 from torl.learner.config import LearnerSettings
 from torl.learner.orchestrator import Orchestrator, TrainingError
 from torl.rollout.weights import WeightReceiver
-from torl.v1 import rollout_pb2, rollout_pb2_grpc, trajectory_pb2
+from torl.v1 import rollout_pb2_grpc, trajectory_pb2
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,7 +49,7 @@ class SmallEngine:
         return [(n, p.detach().to(dtype).contiguous().clone()) for n, p in self.module.named_parameters()]
 
 
-class DictSink:
+class DictSink(GrpcOnlySink):
     """Loads each verified update the receiver stages (what vLLM's reload would read)."""
 
     def __init__(self) -> None:
@@ -59,25 +60,6 @@ class DictSink:
 
         self.loaded.append(load_file(str(Path(weights_dir) / "model.safetensors")))
         return 0.0
-
-    async def nccl_init(self, init_info: dict[str, Any]) -> None:
-        raise NotImplementedError("gRPC path only")
-
-    async def nccl_update(self, update_info: dict[str, Any], version: str) -> float:
-        raise NotImplementedError("gRPC path only")
-
-
-class Servicer(rollout_pb2_grpc.RolloutServicer):
-    def __init__(self, receiver: WeightReceiver) -> None:
-        self.receiver = receiver
-
-    async def UpdateWeights(self, request_iterator: AsyncIterator[rollout_pb2.WeightChunk],
-                            context: grpc.aio.ServicerContext) -> rollout_pb2.UpdateWeightsResponse:
-        return (await self.receiver.receive(request_iterator)).to_proto()
-
-    async def GetStatus(self, request: rollout_pb2.GetStatusRequest,
-                        context: grpc.aio.ServicerContext) -> rollout_pb2.RolloutStatus:
-        return rollout_pb2.RolloutStatus(version=self.receiver.current(), replica="replica-0")
 
 
 class Replica:
@@ -107,7 +89,7 @@ class Replica:
     def _serve(self) -> None:
         async def main() -> None:
             server = grpc.aio.server()
-            rollout_pb2_grpc.add_RolloutServicer_to_server(Servicer(self.receiver), server)
+            rollout_pb2_grpc.add_RolloutServicer_to_server(ReceiverServicer(self.receiver), server)
             server.add_insecure_port(f"127.0.0.1:{self.port}")
             await server.start()
             self._started.set()

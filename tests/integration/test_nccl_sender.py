@@ -15,20 +15,21 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
 import pytest
 import torch
 
+from tests.integration.weight_receivers import ReceiverServicer
 from torl.common.grpc_server import ErrorMappingInterceptor
 from torl.common.weight_stream import TensorShape
 from torl.learner.config import WeightSyncSettings
 from torl.learner.nccl_sender import NcclWeightSender, ordinal_of, plan_group
 from torl.learner.weight_sync import make_weight_sender
 from torl.rollout.weights import WeightReceiver, nccl_init_info
-from torl.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
+from torl.v1 import common_pb2, rollout_pb2_grpc
 
 pytestmark = pytest.mark.timeout(120)
 TP = 2  # workers per replica: offsets 1, 3, 5, ...
@@ -104,20 +105,6 @@ class WorkerSink:
         return 0.0
 
 
-class Servicer(rollout_pb2_grpc.RolloutServicer):
-    def __init__(self, receiver: WeightReceiver, name: str) -> None:
-        self.receiver, self.name = receiver, name
-
-    async def UpdateWeights(self, request_iterator: AsyncIterator[rollout_pb2.WeightChunk],
-                            context: grpc.aio.ServicerContext) -> rollout_pb2.UpdateWeightsResponse:
-        return (await self.receiver.receive(request_iterator)).to_proto()
-
-    async def GetStatus(self, request: rollout_pb2.GetStatusRequest,
-                        context: grpc.aio.ServicerContext) -> rollout_pb2.RolloutStatus:
-        return rollout_pb2.RolloutStatus(version=self.receiver.current(), replica=self.name,
-                                         nccl_group=self.receiver.nccl_group)
-
-
 def state(scale: float = 1.0) -> dict[str, torch.Tensor]:
     return {"w": torch.full((2, 3), scale), "b": torch.full((3,), scale, dtype=torch.bfloat16)}
 
@@ -145,7 +132,8 @@ class Cluster:
             receiver = WeightReceiver(sink, EXPECTED, path="nccl",
                                       nccl_init_info=nccl_init_info("127.0.0.1", 29555, 1, 2, True))
             server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
-            rollout_pb2_grpc.add_RolloutServicer_to_server(Servicer(receiver, f"torl-rollout-{ordinal}"), server)
+            servicer = ReceiverServicer(receiver, f"torl-rollout-{ordinal}")
+            rollout_pb2_grpc.add_RolloutServicer_to_server(servicer, server)
             port = server.add_insecure_port(f"127.0.0.1:{self.ports.get(ordinal, 0)}")
             await server.start()
             self.servers[ordinal], self.sinks[ordinal], self.receivers[ordinal] = server, sink, receiver

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 import torch
 
+from tests.integration.weight_receivers import GrpcOnlySink, ReceiverServicer
 from torl.common import weight_stream
 from torl.common.errors import ResourceExhausted
 from torl.common.grpc_server import ErrorMappingInterceptor
@@ -25,12 +25,12 @@ from torl.common.weight_stream import PackedWeights, TensorShape, WeightsIn
 from torl.learner.config import WeightSyncSettings
 from torl.learner.weight_sync import WeightSender
 from torl.rollout.weights import WeightReceiver, staging_bytes
-from torl.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
+from torl.v1 import common_pb2, rollout_pb2_grpc
 
 pytestmark = pytest.mark.timeout(300)
 
 
-class FileSink:
+class FileSink(GrpcOnlySink):
     """Opens each staged update as the engine would; `barrier` makes every replica's swap wait for the others."""
 
     def __init__(self, check: dict[str, torch.Tensor], barrier: asyncio.Barrier | None = None,
@@ -55,21 +55,6 @@ class FileSink:
         if self.barrier is not None:
             await asyncio.wait_for(self.barrier.wait(), timeout=60)
         return 0.0
-
-    async def nccl_init(self, init_info: dict[str, Any]) -> None:
-        raise NotImplementedError("gRPC path only")
-
-    async def nccl_update(self, update_info: dict[str, Any], version: str) -> float:
-        raise NotImplementedError("gRPC path only")
-
-
-class Servicer(rollout_pb2_grpc.RolloutServicer):
-    def __init__(self, receiver: WeightReceiver) -> None:
-        self.receiver = receiver
-
-    async def UpdateWeights(self, request_iterator: AsyncIterator[rollout_pb2.WeightChunk],
-                            context: grpc.aio.ServicerContext) -> rollout_pb2.UpdateWeightsResponse:
-        return (await self.receiver.receive(request_iterator)).to_proto()
 
 
 class Replicas:
@@ -96,7 +81,7 @@ class Replicas:
     async def _start(self, receiver: WeightReceiver) -> int:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)],
                                  interceptors=[ErrorMappingInterceptor()])  # the services' error → status mapping
-        rollout_pb2_grpc.add_RolloutServicer_to_server(Servicer(receiver), server)
+        rollout_pb2_grpc.add_RolloutServicer_to_server(ReceiverServicer(receiver), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         self._servers.append(server)
