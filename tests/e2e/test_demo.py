@@ -11,6 +11,9 @@ exactly as `make demo` runs it, and checked two ways while it runs:
   warm-up, the executor's sandboxes, Redis pending entries bounded by the checkpoint interval, Redis
   memory growing no faster than the stream entries the run keeps by design. The surviving lineage
   trains every step on the feed's prompts, each once. `TORL_SOAK_STEPS=200` makes the run longer.
+
+In CI, `.ci/run` usually has the pretrained model built (at idle CPU priority, during the default
+stage) before this runs, so the run here starts from the cache, as a second `make demo` does.
 """
 
 from __future__ import annotations
@@ -28,8 +31,7 @@ import pytest
 import redis
 
 from tests.conftest import REPO, require_binary
-from tests.e2e.helpers import TreeUsage, runsc_sandboxes, tree_usage
-from tests.integration.test_learner_loop import applied_rows, lineage
+from tests.e2e.helpers import TreeUsage, applied_rows, lineage, runsc_sandboxes, tree_usage
 from torl.common.redis_layout import TRAJECTORY_GROUP, RunKeys
 
 pytestmark = [pytest.mark.slow, pytest.mark.gvisor, pytest.mark.timeout(2500)]

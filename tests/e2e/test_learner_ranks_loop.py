@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
 
 import pytest
-import redis
-import yaml
 
-from tests.conftest import free_port, require, require_binary
-from tests.integration.test_learner_loop import CONFIG, applied_rows, lineage, wait_for
-from torl.cli.local import Child, Supervisor, torchrun_args
-from torl.cli.up import Stack, service_sets, start_stack
-from torl.common.redis_layout import TRAJECTORY_GROUP, RunKeys
+from tests.conftest import require_binary
+from tests.e2e.helpers import applied_rows, lineage
+from tests.e2e.loop import running_loop
+from tests.integration.test_learner_loop import CONFIG, wait_for
+from torl.cli.local import Child
+from torl.common.redis_layout import TRAJECTORY_GROUP
 
 pytestmark = [pytest.mark.timeout(1200), pytest.mark.gvisor, pytest.mark.slow]
 
@@ -53,7 +51,6 @@ def rank_pids(launcher_pid: int) -> dict[int, int]:
 
 def test_two_rank_learner_trains_survives_a_killed_rank_and_resumes(tmp_path: Path) -> None:
     require_binary("redis-server")
-    require(shutil.which("runsc") is not None or shutil.which("bwrap") is not None, "runsc or bwrap")
     from torl.rollout.tiny_model import build_tiny
 
     model = str(build_tiny())
@@ -61,27 +58,11 @@ def test_two_rank_learner_trains_survives_a_killed_rank_and_resumes(tmp_path: Pa
     cfg["learner"]["data"]["prompts_per_step"] = PROMPTS
     cfg["learner"]["engine"].update({"zero_stage": 2, "dist_timeout_seconds": 60})
     cfg["learner"]["loop"]["total_steps"] = STEPS
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    ports = {name: free_port() for name in ("executor", "reward", "rollout", "learner")}
-    stack = Stack(tmp_path, RUN, free_port(), ports)
-    sets = service_sets(stack, model, train=True)
-    out = tmp_path / "learner"
-    env = {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                  str(Path(".cache/torch_extensions").resolve())),
-           "OMP_NUM_THREADS": "1"}
-    with Supervisor(tmp_path / "logs") as sup:
-        start_stack(sup, stack, config, sets, timeout=400, services=("executor", "reward", "rollout"))
-        r = redis.Redis.from_url(stack.redis_url)
-        keys = RunKeys(RUN)
+    with running_loop(tmp_path, RUN, cfg, model=model) as loop:
+        r, keys, out = loop.redis(), loop.keys, loop.out
 
         def start_learner(tag: str) -> Child:
-            extra = ["--metrics-port", str(free_port()), "--config", str(config)]
-            for s in sets["learner"]:
-                extra += ["--set", s]
-            # The same launch `torl train --learner-ranks 2` does (torl.cli.up.start_stack).
-            return sup.start_service("learner", ports["learner"], extra, launcher=torchrun_args(2, free_port()),
-                                     env=env, name=f"learner-{tag}")
+            return loop.start_learner(tag, ranks=2)
 
         first = start_learner("a")
         assert first.proc is not None

@@ -21,9 +21,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.e2e.helpers import metric_sum, scrape, wait_for
+from tests.e2e.helpers import lineage, metric_sum, scrape, wait_for
 from tests.e2e.loop import Loop, check_lineage, kill_group, loop_config, running_loop
-from tests.integration.test_learner_loop import lineage
 from torl.cli.local import Child
 from torl.common.redis_layout import PROMPT_GROUP, TRAJECTORY_GROUP
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -19,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-import yaml
 
-from tests.conftest import free_port, require, require_binary
-from torl.cli.local import Child, Supervisor
-from torl.cli.up import Stack, service_sets, start_stack
-from torl.common.redis_layout import PAYLOAD_FIELD, TRAJECTORY_GROUP, RunKeys
+from tests.e2e.helpers import applied_rows, lineage
+from tests.e2e.loop import running_loop
+from torl.cli.local import Child
+from torl.common.redis_layout import PAYLOAD_FIELD, TRAJECTORY_GROUP
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.gvisor]
 
@@ -64,22 +61,6 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, child: Child |
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def applied_rows(out: Path) -> list[dict[str, Any]]:
-    path = out / "applied.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def lineage(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Per step, the row of the newest incarnation: what the surviving weights contain."""
-    best: dict[int, dict[str, Any]] = {}
-    for r in rows:
-        if r["step"] not in best or r["incarnation"] >= best[r["step"]]["incarnation"]:
-            best[r["step"]] = r
-    return best
-
-
 @pytest.fixture(scope="module")
 def tiny_model() -> str:
     from torl.rollout.tiny_model import build_tiny
@@ -88,30 +69,8 @@ def tiny_model() -> str:
 
 
 def test_loop_resumes_after_killed_learner_without_loss_or_duplicates(tmp_path: Path, tiny_model: str) -> None:
-    require_binary("redis-server")
-    require(shutil.which("runsc") is not None or shutil.which("bwrap") is not None, "runsc or bwrap")
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(CONFIG))
-    ports = {name: free_port() for name in ("executor", "reward", "rollout", "learner")}
-    stack = Stack(tmp_path, RUN, free_port(), ports)
-    sets = service_sets(stack, tiny_model, train=True)
-    out = tmp_path / "learner"
-    env = {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(".cache/torch_extensions")
-                                                                              .resolve())),
-           "OMP_NUM_THREADS": "1"}
-    with Supervisor(tmp_path / "logs") as sup:
-        start_stack(sup, stack, config, sets, timeout=400, services=("executor", "reward", "rollout"))
-        r = redis.Redis.from_url(stack.redis_url)
-        keys = RunKeys(RUN)
-
-        def start_learner(tag: str) -> Child:
-            extra = ["--metrics-port", "0", "--config", str(config)]
-            for s in sets["learner"]:
-                extra += ["--set", s]
-            child = sup.start(f"learner-{tag}", [*sup_args(ports["learner"]), *extra], env=env)
-            child.grpc_target = f"127.0.0.1:{ports['learner']}"
-            return child
-
+    with running_loop(tmp_path, RUN, CONFIG, model=tiny_model) as loop:
+        r, keys, out, start_learner = loop.redis(), loop.keys, loop.out, loop.start_learner
         first = start_learner("a")
         # Run past the checkpoint at step 2 into step 3, then kill without warning.
         wait_for(lambda: any(row["step"] >= 3 for row in applied_rows(out)), 400, "step 3", first)
@@ -164,8 +123,3 @@ def test_loop_resumes_after_killed_learner_without_loss_or_duplicates(tmp_path: 
             assert last[key] >= 0.0
         assert (out / "hf" / f"step_{STEPS}" / "model.safetensors").is_file()
 
-
-def sup_args(port: int) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "torl.cli.main", "learner", "serve", "--host", "127.0.0.1", "--port", str(port)]
