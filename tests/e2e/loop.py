@@ -21,7 +21,7 @@ from typing import Any
 import redis
 import yaml
 
-from tests.conftest import REPO, free_port, require, require_binary
+from tests.conftest import free_port, require, require_binary
 from tests.e2e.helpers import applied_rows, learner_env, lineage
 from torl.cli.local import Child, Supervisor, torchrun_args
 from torl.cli.up import Stack, service_sets, start_stack
@@ -113,15 +113,6 @@ def check_lineage(loop: Loop, steps: int, prompts: int) -> list[str]:
     expected = {f"{loop.run_id}-e{i // size}-{i}" for i in range(steps * prompts)}
     assert set(ids) == expected, f"a prompt was skipped or lost: {sorted(expected ^ set(ids))[:10]}"
     return ids
-
-
-def pretrained_tiny_model() -> str:
-    """The demo's pretrained tiny model (it calls the tool from the first step), built and cached
-    in .cache/models exactly as `torl train` does, so the demo test and this share one build."""
-    from torl.cli.up import TrainCommandSettings, prepare_model
-
-    cache = str(REPO / ".cache" / "models")
-    return prepare_model(TrainCommandSettings(model="pretrained-tiny", model_cache_dir=cache))
 
 
 @contextmanager
