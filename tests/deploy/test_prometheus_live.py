@@ -34,7 +34,7 @@ import yaml
 
 from tests.conftest import REPO, require_binary
 from tests.deploy.tools import alert_rules, dashboard_queries, not_served, selectors_in
-from tests.e2e.helpers import wait_for
+from tests.e2e.helpers import learner_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.gvisor, pytest.mark.timeout(1200)]
 
@@ -100,8 +100,7 @@ def test_dashboards_and_alerts_return_series_from_a_live_run(tmp_path: Path) -> 
     config = write_run_config(tmp_path)
     run_dir = tmp_path / "run"
     log = tmp_path / "train.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))}
+    env = {**os.environ, **learner_env()}  # the learner `torl train` starts gets these
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "torl.cli.main", "train", "--config", str(config), "--prometheus"],

@@ -27,7 +27,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port, require_binary
+from tests.conftest import REPO, free_port, require_binary
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> float:
@@ -252,8 +252,7 @@ def pid_alive(pid: int) -> bool:
 def learner_env() -> dict[str, str]:
     """The environment a test gives a learner it launches (as `torl train` does): the shared DeepSpeed
     extension cache and one OpenMP thread."""
-    return {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
-                                                   str(Path(".cache/torch_extensions").resolve())),
+    return {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions")),
             "OMP_NUM_THREADS": "1"}
 
 
@@ -272,3 +271,16 @@ def lineage(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
         if r["step"] not in best or r["incarnation"] >= best[r["step"]]["incarnation"]:
             best[r["step"]] = r
     return best
+
+
+def check_lineage(out: Path, run_id: str, steps: int, prompts: int, train_size: int) -> dict[int, dict[str, Any]]:
+    """The surviving lineage in the learner's output dir `out` trains steps 1..steps on exactly the first
+    steps x prompts feed positions, each once; returns it (step -> the applied row)."""
+    final = lineage(applied_rows(out))
+    assert sorted(final) == list(range(1, steps + 1)), sorted(final)
+    ids = [g for s in sorted(final) for g in final[s]["group_ids"]]
+    assert len(ids) == len(set(ids)), "a group was applied twice in the surviving lineage"
+    # Prompt ids are <run>-e<epoch>-<feed position>; the feed wraps into epoch 1 after the train set.
+    expected = {f"{run_id}-e{i // train_size}-{i}" for i in range(steps * prompts)}
+    assert set(ids) == expected, f"a prompt was skipped or lost: {sorted(expected ^ set(ids))[:10]}"
+    return final

@@ -31,8 +31,9 @@ import pytest
 import redis
 
 from tests.conftest import REPO, require_binary
-from tests.e2e.helpers import TreeUsage, applied_rows, lineage, runsc_sandboxes, tree_usage
+from tests.e2e.helpers import TreeUsage, applied_rows, check_lineage, runsc_sandboxes, tree_usage
 from torl.common.redis_layout import TRAJECTORY_GROUP, RunKeys
+from torl.learner.config import DataSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.gvisor, pytest.mark.timeout(2500)]
 
@@ -93,7 +94,7 @@ def test_demo_runs_end_to_end_learns_and_holds_its_resources(tmp_path: Path) -> 
     # one (docs/demo.md); the bound is not the 12-minute goal.
     assert seconds < 30 * 60 or STEPS != DEMO_STEPS
     check_learning(run_dir)
-    check_lineage(run_dir)
+    check_lineage(run_dir / "learner", "demo", STEPS, PROMPTS, DataSettings().arith_train_size)
     check_resources(samples)
 
 
@@ -148,16 +149,6 @@ def check_learning(run_dir: Path) -> None:
     # the target with room for that spread; the target itself is reported, not asserted.
     assert s["accuracy_last"] >= 0.8, s
     assert s["reward_mean_last"] >= 0.6, s
-
-
-def check_lineage(run_dir: Path) -> None:
-    """Steps 1..STEPS trained on exactly the first STEPS x PROMPTS feed positions, each once."""
-    final = lineage(applied_rows(run_dir / "learner"))
-    assert sorted(final) == list(range(1, STEPS + 1)), sorted(final)
-    ids = [g for s in sorted(final) for g in final[s]["group_ids"]]
-    assert len(ids) == len(set(ids)), "a group was applied twice"
-    # Prompt ids are <run>-e<epoch>-<feed position>; the arith train set (20,000) outlasts the run.
-    assert set(ids) == {f"demo-e0-{i}" for i in range(STEPS * PROMPTS)}
 
 
 def check_resources(samples: list[Sample]) -> None:

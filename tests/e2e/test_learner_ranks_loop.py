@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_binary
-from tests.e2e.helpers import applied_rows, lineage
+from tests.e2e.helpers import applied_rows, check_lineage
 from tests.e2e.loop import running_loop
 from tests.integration.test_learner_loop import CONFIG, wait_for
 from torl.cli.local import Child
@@ -89,11 +89,7 @@ def test_two_rank_learner_trains_survives_a_killed_rank_and_resumes(tmp_path: Pa
 
         rows = applied_rows(out)
         assert {row["world_size"] for row in rows} == {2}
-        final = lineage(rows)
-        assert sorted(final) == list(range(1, STEPS + 1))
-        ids = [g for s in sorted(final) for g in final[s]["group_ids"]]
-        assert len(ids) == len(set(ids)), "a group was applied twice in the surviving lineage"
-        assert set(ids) == {f"{RUN}-e0-{i}" for i in range(STEPS * PROMPTS)}
+        final = check_lineage(out, RUN, STEPS, PROMPTS, CONFIG["learner"]["data"]["arith_train_size"])
         pending = {p["message_id"].decode() for p in r.xpending_range(keys.trajectories, TRAJECTORY_GROUP, "-", "+",
                                                                        1000)}
         assert not ({e for s in final for e in final[s]["entry_ids"]} & pending), "a trained group left unacked"
